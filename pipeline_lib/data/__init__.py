@@ -1,0 +1,1 @@
+"""Text resources bundled with the package (word list, sentence corpus)."""

@@ -1,0 +1,1 @@
+"""The synthetic demo corpus: the embedded default source, ingested like any other."""

@@ -1,0 +1,246 @@
+"""Synthesise the demo corpus: a folder of FLAC files plus a manifest that ingest reads.
+
+Positives are the target phrase spoken by espeak-ng across English voices, variants, rates
+and pitches; negatives are phonetic confusables, other speech and non-speech noise; long
+background streams (speech, confusables and noise, never the target) measure false alarms.
+Every file is a pure function of (seed, kind, index), so the corpus is deterministic
+whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from pipeline_lib import tts
+from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.demo import noise as nz
+from pipeline_lib.demo import phrases
+from pipeline_lib.layout import Layout
+from pipeline_lib.parallel import pmap
+from pipeline_lib.params import DemoParams, Params
+
+log = logging.getLogger(__name__)
+
+KIND_INDEX = {"target": 0, "confusable": 1, "speech": 2, "noise": 3, "background": 4}
+
+
+@dataclass(frozen=True)
+class Texts:
+    target: tuple[str, ...]
+    confusable: tuple[str, ...]
+    speech: tuple[str, ...]
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    kind: str
+    index: int
+    seed: int
+    out: Path
+    demo: DemoParams
+    texts: Texts
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    split: str
+    index: int
+    seconds: float
+    seed: int
+    out: Path
+    demo: DemoParams
+    texts: Texts
+
+
+def _speaker(rng: np.random.Generator, demo: DemoParams) -> str:
+    return f"{rng.choice(demo.voices)}+{rng.choice(demo.variants)}"
+
+
+def _speak(rng: np.random.Generator, demo: DemoParams, text: str, voice: str) -> np.ndarray:
+    wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
+    pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
+    speech = tts.synthesize(text, voice, wpm, pitch, pitch_range=int(rng.uniform(20, 80)))
+    return _trim(speech)
+
+
+def _trim(x: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    idx = np.flatnonzero(np.abs(x) > floor)
+    return x[idx[0] : idx[-1] + 1] if idx.size else x[:0]
+
+
+def _place(rng: np.random.Generator, sig: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.float32)
+    if sig.size >= n:
+        out[:] = sig[:n]
+        return out
+    start = int(rng.integers(0, n - sig.size + 1))
+    out[start : start + sig.size] = sig
+    return out
+
+
+def _text_for(rng: np.random.Generator, kind: str, texts: Texts) -> str:
+    if kind == "target":
+        return str(rng.choice(texts.target))
+    if kind == "confusable":
+        return str(rng.choice(texts.confusable))
+    if rng.random() < 0.6:
+        return str(rng.choice(texts.speech))
+    return " ".join(rng.choice(texts.words, size=int(rng.integers(2, 7))))
+
+
+def make_clip(job: ClipJob) -> dict[str, object]:
+    """One labelled clip; returns its manifest row."""
+    rng = np.random.default_rng([job.seed, KIND_INDEX[job.kind], job.index])
+    rate = tts.sample_rate()
+    n = int(job.demo.clip_seconds * rate)
+    row: dict[str, object] = {"label": job.kind, "role": "clip", "split": ""}
+    if job.kind == "noise":
+        kind = str(rng.choice(nz.NOISE_KINDS))
+        level = (
+            float(rng.choice([-75.0, -65.0, -55.0]))
+            if kind == "silence"
+            else float(rng.uniform(-45, -12))
+        )
+        clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
+        row |= {"group": f"noise-{job.index:05d}", "text": kind, "voice": ""}
+    else:
+        voice = _speaker(rng, job.demo)
+        text = _text_for(rng, job.kind, job.texts)
+        speech = _speak(rng, job.demo, text, voice)
+        if job.kind != "speech" and speech.size > n:  # keep the whole phrase: grow the clip
+            n = speech.size + int(0.1 * rate)
+        speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
+        clip = _place(rng, speech.astype(np.float32), n)
+        snr = rng.uniform(job.demo.snr_db.min, job.demo.snr_db.max)
+        bed = nz.make_noise(rng, str(rng.choice(nz.NOISE_KINDS[:5])), n, rate)
+        sig_rms = float(np.sqrt(np.mean(speech**2))) + 1e-9
+        clip = clip + bed * np.float32(sig_rms / 10 ** (snr / 20))
+        row |= {"group": voice, "text": text, "voice": voice}
+    rel = f"clips/{job.kind}/{job.kind}-{job.index:05d}.flac"
+    _write(job.out / rel, clip, rate)
+    return row | {"path": rel}
+
+
+def make_stream(job: StreamJob) -> dict[str, object]:
+    """One long background recording: a noise bed with speech, confusables and noise events."""
+    rng = np.random.default_rng([job.seed, KIND_INDEX["background"], job.index])
+    rate = tts.sample_rate()
+    n = int(job.seconds * rate)
+    bed_kind = str(rng.choice(["white", "pink", "brown", "hum"]))
+    out = nz.at_rms_dbfs(nz.make_noise(rng, bed_kind, n, rate), float(rng.uniform(-55, -35)))
+    pos = int(rng.uniform(0.5, 3.0) * rate)
+    demo = job.demo
+    bg = demo.background
+    while pos < n:
+        u = rng.random()
+        if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
+            kind = "speech" if u < bg.speech_share else "confusable"
+            event = _speak(rng, demo, _text_for(rng, kind, job.texts), _speaker(rng, demo))
+            event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
+        else:
+            length = int(rng.uniform(0.3, 3.0) * rate)
+            kind = str(rng.choice(["white", "pink", "clicks", "hum", "brown"]))
+            event = nz.at_rms_dbfs(
+                nz.make_noise(rng, kind, length, rate), float(rng.uniform(-40, -15))
+            )
+            event *= np.hanning(length).astype(np.float32) ** 0.25
+        end = min(n, pos + event.size)
+        out[pos:end] += event[: end - pos].astype(np.float32)
+        pos = end + int(rng.exponential(1.5) * rate)
+    peak = float(np.abs(out).max())
+    if peak > 0.99:
+        out *= np.float32(0.99 / peak)
+    rel = f"streams/{job.split}/background-{job.split}-{job.index:03d}.flac"
+    _write(job.out / rel, out, rate)
+    return {
+        "path": rel,
+        "label": "background",
+        "role": "stream",
+        "split": job.split,
+        "group": f"stream-{job.split}-{job.index:03d}",
+        "text": bed_kind,
+        "voice": "",
+    }
+
+
+def _write(path: Path, x: np.ndarray, rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(x, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+
+
+def _run(job: ClipJob | StreamJob) -> dict[str, object]:
+    return make_stream(job) if isinstance(job, StreamJob) else make_clip(job)
+
+
+def build_texts(demo: DemoParams) -> Texts:
+    return Texts(
+        target=tuple(phrases.target_variants(demo.phrase)),
+        confusable=tuple(phrases.confusables(demo.phrase, demo.extra_confusables)),
+        speech=tuple(phrases.other_speech(demo.phrase)),
+        words=tuple(phrases.word_salad_pool(demo.phrase)),
+    )
+
+
+def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
+    """The demo stage: write ``data/demo`` (FLAC clips and streams plus manifest.csv)."""
+    demo = params.demo
+    texts = build_texts(demo)
+    for voice in demo.voices:  # fail fast, naming the key, before any work
+        for variant in demo.variants[:1]:
+            tts.synthesize("a", f"{voice}+{variant}", 175, 50)
+    for variant in demo.variants:
+        tts.synthesize("a", f"{demo.voices[0]}+{variant}", 175, 50)
+    with atomic_path(layout.demo) as out:
+        out.mkdir(parents=True)
+        jobs: list[ClipJob | StreamJob] = []
+        bg = demo.background
+        for split, minutes in (
+            ("train", bg.train_minutes),
+            ("val", bg.val_minutes),
+            ("test", bg.test_minutes),
+        ):
+            count = math.ceil(minutes / bg.stream_minutes) if minutes > 0 else 0
+            offset = {"train": 0, "val": 1000, "test": 2000}[split]
+            jobs.extend(
+                StreamJob(split, offset + i, minutes * 60 / count, params.seed, out, demo, texts)
+                for i in range(count)
+            )
+        for kind, count in demo.counts.model_dump().items():
+            jobs.extend(ClipJob(kind, i, params.seed, out, demo, texts) for i in range(count))
+        rows = pmap(_run, jobs, workers=params.runtime.resolved_workers(), desc="demo", chunksize=4)
+        frame = pd.DataFrame(
+            rows, columns=["path", "label", "group", "split", "role", "voice", "text"]
+        )
+        write_csv(out / "manifest.csv", frame)
+        summary = {
+            "phrase": demo.phrase,
+            "confusables": list(texts.confusable),
+            "sample_rate": tts.sample_rate(),
+            "clips": {
+                k: int(v) for k, v in frame[frame.role == "clip"]["label"].value_counts().items()
+            },
+            "stream_minutes": {
+                s: round(m, 2)
+                for s, m in (
+                    ("train", bg.train_minutes),
+                    ("val", bg.val_minutes),
+                    ("test", bg.test_minutes),
+                )
+            },
+        }
+        write_json(out / "corpus.json", summary)
+    log.info(
+        "demo: %d clip(s), %d stream(s) for phrase %r",
+        int((frame.role == "clip").sum()),
+        int((frame.role == "stream").sum()),
+        demo.phrase,
+    )
+    return summary

@@ -1,0 +1,83 @@
+"""Texts for the demo: the target phrase's variants, phonetic confusables, other speech."""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from importlib import resources
+
+from pipeline_lib import tts
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+@lru_cache(maxsize=1)
+def lexicon() -> tuple[str, ...]:
+    text = resources.files("pipeline_lib.data").joinpath("words.txt").read_text(encoding="utf-8")
+    return tuple(sorted(set(text.split())))
+
+
+@lru_cache(maxsize=1)
+def sentences() -> tuple[str, ...]:
+    text = (
+        resources.files("pipeline_lib.data").joinpath("sentences.txt").read_text(encoding="utf-8")
+    )
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def near_words(word: str, k: int) -> list[str]:
+    """The ``k`` lexicon words whose IPA is closest to ``word``'s, excluding ``word`` itself."""
+    target = tts.phonemes(word)
+    scored = []
+    for cand in lexicon():
+        if cand == word.lower():
+            continue
+        ph = tts.phonemes(cand)
+        if ph == target:
+            continue
+        dist = _edit_distance(target, ph) / max(len(target), len(ph), 1)
+        scored.append((dist, cand))
+    scored.sort()
+    return [w for _, w in scored[:k]]
+
+
+def target_variants(phrase: str) -> list[str]:
+    """Ways of writing the phrase that change espeak-ng's intonation, not its words."""
+    p = phrase.strip()
+    return [p, p.capitalize(), f"{p}!", f"{p}?", p.replace(" ", ", ", 1), f"{p.capitalize()}."]
+
+
+def confusables(phrase: str, extra: list[str], k: int = 6) -> list[str]:
+    """Phonetically confusable negatives: single words and partial phrases, one word swapped
+    for a near-sounding word, words reordered, plus user-given phrases."""
+    words = phrase.lower().split()
+    out: list[str] = []
+    out.extend(words)
+    if len(words) > 1:
+        out.extend(" ".join(words[:i]) for i in range(1, len(words)))
+        out.extend(" ".join(p) for p in itertools.permutations(words) if list(p) != words)
+    for i, w in enumerate(words):
+        for near in near_words(w, k):
+            out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
+    out.extend(extra)
+    seen: set[str] = set()
+    return [p for p in out if p != phrase.lower() and not (p in seen or seen.add(p))]
+
+
+def other_speech(phrase: str) -> list[str]:
+    """Sentences of the bundled corpus that do not contain a word of the phrase."""
+    banned = {w.lower() for w in phrase.split()}
+    return [s for s in sentences() if not banned & {w.strip(".,?!").lower() for w in s.split()}]
+
+
+def word_salad_pool(phrase: str) -> list[str]:
+    banned = {w.lower() for w in phrase.split()}
+    return [w for w in lexicon() if w not in banned]

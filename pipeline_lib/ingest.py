@@ -1,0 +1,209 @@
+"""ingest stage: every source to normalised mono FLAC at the target rate, plus a manifest.
+
+Rejected files (undecodable, empty, NaN, all-silent, missing, path escaping its root) go to
+a quarantine list with the reason and never stop the run. Identical audio appears once;
+identical audio under two labels is kept once and flagged ``label_conflict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_lib import audio
+from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.errors import AudioError, SoundopsError
+from pipeline_lib.layout import Layout
+from pipeline_lib.parallel import pmap
+from pipeline_lib.params import Params
+from pipeline_lib.sources import SourceItem, list_source
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "label",
+    "role",
+    "source",
+    "group",
+    "fixed_split",
+    "source_path",
+    "native_label",
+    "duration_s",
+    "peak_dbfs",
+    "rms_dbfs",
+    "clipped_fraction",
+    "orig_rate",
+    "orig_channels",
+    "label_conflict",
+    "conflict_labels",
+    "duplicates",
+]
+QUARANTINE_COLUMNS = ["source", "source_path", "reason"]
+
+
+@dataclass(frozen=True)
+class Job:
+    item: SourceItem
+    out_dir: Path
+    rate: int
+    normalize_peak_dbfs: float | None
+    silence_peak_dbfs: float
+    allow_silent: bool
+    clip_level: float
+
+
+def ingest_one(job: Job) -> dict[str, object]:
+    """Decode, measure, normalise and write one file; returns a manifest or quarantine row."""
+    item = job.item
+    base = {"source": item.source, "source_path": item.rel}
+    try:
+        dec = audio.read_audio(item.path)
+    except AudioError as exc:
+        return {**base, "reason": str(exc).split(": ", 1)[-1].rstrip(".")}
+    samples = audio.resample(dec.samples, dec.rate, job.rate)
+    lv = audio.levels(samples, job.clip_level)
+    if lv.peak_dbfs < job.silence_peak_dbfs and not job.allow_silent:
+        return {**base, "reason": f"all-silent (peak {lv.peak_dbfs:.1f} dBFS)"}
+    pcm = audio.to_pcm16(audio.normalize_peak(samples, job.normalize_peak_dbfs))
+    cid = audio.content_id(pcm, job.rate)
+    rel = f"audio/{cid[:2]}/{cid}.flac"
+    dest = job.out_dir / rel
+    if not dest.exists():
+        tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.flac")
+        audio.write_flac(tmp, pcm, job.rate)
+        tmp.replace(dest)
+    return {
+        "id": cid,
+        "path": rel,
+        "label": item.label,
+        "role": item.role,
+        "source": item.source,
+        "group": item.group,
+        "fixed_split": item.fixed_split,
+        "source_path": item.rel,
+        "native_label": item.native_label,
+        "duration_s": round(pcm.size / job.rate, 4),
+        "peak_dbfs": round(lv.peak_dbfs, 2),
+        "rms_dbfs": round(lv.rms_dbfs, 2),
+        "clipped_fraction": round(lv.clipped_fraction, 6),
+        "orig_rate": dec.orig_rate,
+        "orig_channels": dec.orig_channels,
+    }
+
+
+def deduplicate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per content id; ids seen under several labels are flagged, not dropped."""
+    if rows.empty:
+        return rows.assign(
+            label_conflict=pd.Series(dtype=bool),
+            conflict_labels=pd.Series(dtype=str),
+            duplicates=pd.Series(dtype=int),
+        )
+    grouped = rows.groupby("id", sort=False)
+    labels = grouped["label"].agg(lambda s: "|".join(sorted(set(s))))
+    counts = grouped["id"].size()
+    first = rows.drop_duplicates("id", keep="first").set_index("id")
+    first["conflict_labels"] = labels
+    first["label_conflict"] = labels.str.contains("|", regex=False)
+    first.loc[~first["label_conflict"], "conflict_labels"] = ""
+    first["duplicates"] = counts - 1
+    return first.reset_index()
+
+
+def run_ingest(params: Params, layout: Layout) -> dict[str, object]:
+    """The ingest stage: write ``data/ingest`` atomically and return its summary."""
+    items: list[SourceItem] = []
+    quarantine: list[dict[str, object]] = []
+    for source in params.ingest.sources:
+        listing = list_source(source, layout.root, params.labels, params.ingest.extensions)
+        items.extend(listing.items)
+        quarantine.extend(asdict(r) | {"source_path": r.rel} for r in listing.rejects)
+        for native, n in sorted(listing.unmapped.items()):
+            log.warning(
+                "source '%s': %d file(s) labelled '%s' have no project label; skipped",
+                source.name,
+                n,
+                native,
+            )
+        log.info(
+            "source '%s': %d file(s) listed, %d rejected before decoding",
+            source.name,
+            len(listing.items),
+            len(listing.rejects),
+        )
+    n_rejected = len(quarantine)
+    if not items and not quarantine:
+        raise SoundopsError("ingest.sources: the sources list no audio files at all.")
+
+    with atomic_path(layout.ingest) as out:
+        out.mkdir(parents=True)
+        jobs = [
+            Job(
+                item,
+                out,
+                params.audio.sample_rate,
+                params.ingest.normalize_peak_dbfs,
+                params.ingest.silence_peak_dbfs,
+                item.label in params.ingest.allow_silent_labels,
+                params.ingest.clip_level,
+            )
+            for item in items
+        ]
+        results = pmap(
+            ingest_one, jobs, workers=params.runtime.resolved_workers(), desc="ingest", chunksize=16
+        )
+        good = [r for r in results if "reason" not in r]
+        quarantine.extend(r for r in results if "reason" in r)
+        manifest = deduplicate(pd.DataFrame(good, columns=MANIFEST_COLUMNS[:-3]))
+        manifest = manifest[MANIFEST_COLUMNS].sort_values(["role", "label", "id"], kind="stable")
+        qframe = pd.DataFrame(
+            [{k: q[k] for k in QUARANTINE_COLUMNS} for q in quarantine], columns=QUARANTINE_COLUMNS
+        ).sort_values(["source", "source_path"], kind="stable")
+        write_csv(out / "manifest.csv", manifest)
+        write_csv(out / "quarantine.csv", qframe)
+        summary = summarise(manifest, qframe, files_listed=len(items) + n_rejected)
+    write_json(layout.metrics / "ingest.json", summary)
+    log.info(
+        "ingest: %d clip(s), %d stream(s), %d quarantined, %d duplicate(s), %d label conflict(s)",
+        summary["clips"],
+        summary["streams"],
+        summary["quarantined"],
+        summary["duplicates"],
+        summary["label_conflicts"],
+    )
+    return summary
+
+
+def summarise(
+    manifest: pd.DataFrame, quarantine: pd.DataFrame, files_listed: int
+) -> dict[str, object]:
+    """Counts for ``summary.json`` (a DVC metrics file) and the log."""
+    clips = manifest[manifest["role"] == "clip"]
+    streams = manifest[manifest["role"] == "stream"]
+    return {
+        "files_listed": files_listed,
+        "clips": len(clips),
+        "streams": len(streams),
+        "stream_hours": round(float(streams["duration_s"].sum()) / 3600.0, 4),
+        "quarantined": len(quarantine),
+        "duplicates": int(manifest["duplicates"].sum()) if len(manifest) else 0,
+        "label_conflicts": int(manifest["label_conflict"].sum()) if len(manifest) else 0,
+        "clips_per_label": {
+            str(k): int(v) for k, v in clips["label"].value_counts().sort_index().items()
+        },
+        "quarantine_reasons": {
+            str(k): int(v)
+            for k, v in quarantine["reason"]
+            .str.replace(r" \(.*", "", regex=True)
+            .value_counts()
+            .items()
+        }
+        if len(quarantine)
+        else {},
+    }

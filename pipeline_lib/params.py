@@ -1,0 +1,334 @@
+"""The one pydantic model of ``params.yaml``: every tunable value, validated.
+
+Defaults live in the shipped ``params.yaml`` only: the model requires every key
+(per-source options excepted). A wrong key or value becomes a
+:class:`~pipeline_lib.errors.ParamsError` whose message names the key path and what was
+expected, so ``soundops params check`` and every stage fail the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline_lib.errors import ParamsError
+
+SplitName = Literal["train", "val", "test"]
+Role = Literal["clip", "stream"]
+Severity = Literal["blocking", "warning"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A closed interval; ``min`` must not exceed ``max``."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class AudioParams(_Strict):
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)]
+
+
+class RuntimeParams(_Strict):
+    """How work runs, not what it computes: never a DVC dependency, never changes outputs."""
+
+    workers: Annotated[int, Field(ge=0, le=256)]
+
+    def resolved_workers(self) -> int:
+        import os
+
+        return self.workers or max(1, os.cpu_count() or 1)
+
+
+class BackgroundParams(_Strict):
+    """Long background recordings for false-alarm measurement, minutes per split."""
+
+    train_minutes: Annotated[float, Field(ge=0)]
+    val_minutes: Annotated[float, Field(ge=0)]
+    test_minutes: Annotated[float, Field(ge=0)]
+    stream_minutes: Annotated[float, Field(gt=0, le=60)]
+    speech_share: Annotated[float, Field(ge=0, le=1)]
+    confusable_share: Annotated[float, Field(ge=0, le=1)]
+
+
+class DemoCounts(_Strict):
+    target: Annotated[int, Field(ge=0)]
+    confusable: Annotated[int, Field(ge=0)]
+    speech: Annotated[int, Field(ge=0)]
+    noise: Annotated[int, Field(ge=0)]
+
+
+class DemoParams(_Strict):
+    """The synthetic demo corpus, the embedded default source."""
+
+    phrase: Annotated[str, Field(min_length=3)]
+    extra_confusables: list[str]
+    counts: DemoCounts
+    clip_seconds: Annotated[float, Field(gt=0.2, le=10)]
+    voices: Annotated[list[str], Field(min_length=1)]
+    variants: Annotated[list[str], Field(min_length=1)]
+    rate_wpm: Range
+    pitch: Range
+    snr_db: Range
+    background: BackgroundParams
+
+    @model_validator(mode="after")
+    def _two_words(self) -> DemoParams:
+        if len(self.phrase.split()) < 1:
+            raise ValueError("phrase must contain at least one word")
+        return self
+
+
+class SourceBase(_Strict):
+    """One input source. ``label_map`` maps the source's own labels to the project's."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    root: Path
+    label_map: dict[str, str] = {}
+    default_label: str | None = None
+    role: Role = "clip"
+
+
+class FolderSource(SourceBase):
+    """``root/<class>/<file>``; the group is the first capture of ``group_regex`` on the
+    file's path relative to ``root`` (each file is its own group when unset)."""
+
+    kind: Literal["folder"]
+    group_regex: str | None = None
+
+
+class ManifestSource(SourceBase):
+    """A CSV or parquet table with ``path`` and ``label`` columns, optionally ``group`` or
+    ``speaker``, ``split`` and ``role``; paths resolve against ``root`` and must stay in it."""
+
+    kind: Literal["manifest"]
+    path: Path
+
+
+class SpeechCommandsSource(SourceBase):
+    """Google Speech Commands: ``root/<word>/<speaker>_nohash_<n>.wav`` plus its
+    ``validation_list.txt`` and ``testing_list.txt``, which fix those clips' splits."""
+
+    kind: Literal["speech_commands"]
+
+
+class Esc50Source(SourceBase):
+    """ESC-50: ``root/meta/esc50.csv`` and ``root/audio``; the group is the source clip.
+    ``fold_splits`` pins folds to splits (for example ``{5: test}``)."""
+
+    kind: Literal["esc50"]
+    fold_splits: dict[int, SplitName] = {}
+
+
+class PicovoiceSource(SourceBase):
+    """Picovoice wake-word-benchmark: ``root/audio/<phrase>/*`` (or ``root/<phrase>/*``)."""
+
+    kind: Literal["picovoice"]
+
+
+class DroneSource(SourceBase):
+    """DroneAudioDataset: ``root/<class>/*``; the group is the recording id (the stem
+    before the last ``_NNN_``), or the stem without its last digit for unknown chunks."""
+
+    kind: Literal["drone"]
+
+
+Source = Annotated[
+    FolderSource
+    | ManifestSource
+    | SpeechCommandsSource
+    | Esc50Source
+    | PicovoiceSource
+    | DroneSource,
+    Field(discriminator="kind"),
+]
+
+
+class IngestParams(_Strict):
+    sources: Annotated[list[Source], Field(min_length=1)]
+    extensions: list[str]
+    normalize_peak_dbfs: Annotated[float, Field(le=0)] | None
+    silence_peak_dbfs: Annotated[float, Field(le=0)]
+    allow_silent_labels: list[str]
+    clip_level: Annotated[float, Field(gt=0, le=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IngestParams:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+CheckName = Literal[
+    "label_in_set",
+    "clip_duration",
+    "stream_duration",
+    "source_rate",
+    "clipping",
+    "silence",
+    "min_clips_per_label",
+    "min_clips_per_split",
+    "min_groups_per_label",
+    "no_label_conflicts",
+    "quarantine_share",
+]
+
+
+class ValidateParams(_Strict):
+    """Data contract of the manifest; each check is blocking (fails the stage) or a warning."""
+
+    clip_duration_s: Range
+    stream_min_duration_s: Annotated[float, Field(gt=0)]
+    source_rate_hz: Range
+    max_clipped_fraction: Annotated[float, Field(ge=0, le=1)]
+    max_clipped_share: Annotated[float, Field(ge=0, le=1)]
+    min_rms_dbfs: float
+    max_quiet_share: Annotated[float, Field(ge=0, le=1)]
+    min_clips_per_label: Annotated[int, Field(ge=0)]
+    min_clips_per_split: Annotated[int, Field(ge=0)]
+    min_groups_per_label: Annotated[int, Field(ge=0)]
+    max_quarantine_share: Annotated[float, Field(ge=0, le=1)]
+    severity: dict[CheckName, Severity]
+
+    def severity_of(self, check: CheckName) -> Severity:
+        """A check left out of ``validate.severity`` is blocking: the safe reading."""
+        return self.severity.get(check, "blocking")
+
+
+class SplitParams(_Strict):
+    """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
+
+    ratios: dict[SplitName, Annotated[float, Field(ge=0, le=1)]]
+    salt: str
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        missing = {"train", "val", "test"} - set(self.ratios)
+        if missing:
+            raise ValueError(f"ratios must name train, val and test; missing {sorted(missing)}")
+        if not math.isclose(sum(self.ratios.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"ratios must sum to 1, got {sum(self.ratios.values()):.4g}")
+        return self
+
+
+class Params(_Strict):
+    """Everything in ``params.yaml``."""
+
+    seed: int
+    labels: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]], Field(min_length=2)]
+    audio: AudioParams
+    runtime: RuntimeParams
+    demo: DemoParams
+    ingest: IngestParams
+    validate_: Annotated[ValidateParams, Field(alias="validate")]
+    split: SplitParams
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _labels_known(self) -> Params:
+        known = set(self.labels)
+        if len(known) != len(self.labels):
+            raise ValueError("labels must be unique")
+        for j, lab in enumerate(self.ingest.allow_silent_labels):
+            if lab not in known:
+                raise _KeyedError(
+                    f"ingest.allow_silent_labels[{j}]",
+                    f"'{lab}' is not one of labels {self.labels}",
+                )
+        for i, src in enumerate(self.ingest.sources):
+            where = f"ingest.sources[{i}]"
+            for key, value in src.label_map.items():
+                if value not in known:
+                    raise _KeyedError(
+                        f"{where}.label_map.{key}", f"'{value}' is not one of labels {self.labels}"
+                    )
+            if src.default_label is not None and src.default_label not in known:
+                raise _KeyedError(
+                    f"{where}.default_label",
+                    f"'{src.default_label}' is not one of labels {self.labels}",
+                )
+        return self
+
+
+class _KeyedError(ValueError):
+    """A cross-field error that knows its own key path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue
+        elif part in {"folder", "manifest", "speech_commands", "esc50", "picovoice", "drone"}:
+            continue  # discriminator tag pydantic inserts in the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    key = _loc(tuple(err["loc"]))
+    kind = err["type"]
+    msg = str(err["msg"])
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'."
+    if kind == "union_tag_invalid":
+        key += ".kind"
+    if kind == "missing":
+        return f"{source}: missing required key '{key}'."
+    if msg.startswith("Value error, "):
+        msg = msg.removeprefix("Value error, ")
+        if ": " in msg and msg.split(": ", 1)[0].startswith(("ingest.", "labels")):
+            key, msg = msg.split(": ", 1)
+    got = err.get("input")
+    got_txt = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    return f"{source}: key '{key}': {msg[0].lower() + msg[1:]}{got_txt}."
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed YAML mapping; raise :class:`ParamsError` naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys at the top level.")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise ParamsError(_describe(dict(errors[0]), source)) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate ``params.yaml``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}: not valid YAML{where}.") from None
+    return parse_params(raw, source=path.name)

@@ -1,0 +1,43 @@
+"""Input source kinds. Each lists audio items with project labels and groups, or rejects.
+
+A source only *lists*; decoding happens in ingest. Every kind maps its own labels through
+``label_map`` and derives a group (speaker, recording, source clip) so the split stage can
+keep a group inside one split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline_lib.params import Source
+from pipeline_lib.sources.base import Listing, SourceItem
+from pipeline_lib.sources.corpora import (
+    list_drone,
+    list_esc50,
+    list_picovoice,
+    list_speech_commands,
+)
+from pipeline_lib.sources.folder import list_folder
+from pipeline_lib.sources.manifest import list_manifest
+
+Lister = Callable[[Source, Path, list[str], list[str]], Listing]
+
+LISTERS: dict[str, Lister] = {
+    "folder": list_folder,  # type: ignore[dict-item]
+    "manifest": list_manifest,  # type: ignore[dict-item]
+    "speech_commands": list_speech_commands,  # type: ignore[dict-item]
+    "esc50": list_esc50,  # type: ignore[dict-item]
+    "picovoice": list_picovoice,  # type: ignore[dict-item]
+    "drone": list_drone,  # type: ignore[dict-item]
+}
+
+
+def list_source(
+    source: Source, project_root: Path, labels: list[str], extensions: list[str]
+) -> Listing:
+    """List one source's items; relative paths in its params resolve against the project."""
+    return LISTERS[source.kind](source, project_root, labels, extensions)
+
+
+__all__ = ["LISTERS", "Listing", "SourceItem", "list_source"]

@@ -1,0 +1,108 @@
+"""Shared shapes and helpers of the source kinds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline_lib.errors import SoundopsError
+from pipeline_lib.params import Role, SourceBase
+
+GroupFn = Callable[[str, Path], str]
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One audio file to ingest."""
+
+    path: Path
+    rel: str
+    source: str
+    native_label: str
+    label: str
+    group: str
+    role: Role
+    fixed_split: str = ""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A file refused before decoding (path escape, missing file), bound for quarantine."""
+
+    source: str
+    rel: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    items: list[SourceItem] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    unmapped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, native: str) -> None:
+        self.unmapped[native] = self.unmapped.get(native, 0) + 1
+
+
+def project_label(source: SourceBase, native: str, labels: list[str]) -> str | None:
+    """``label_map`` first, then a native label that already is a project label, then
+    ``default_label``; None means the item is skipped (and counted as unmapped)."""
+    if native in source.label_map:
+        return source.label_map[native]
+    if native in labels:
+        return native
+    return source.default_label
+
+
+def require_dir(root: Path, source: SourceBase) -> None:
+    if not root.is_dir():
+        raise SoundopsError(f"source '{source.name}': root folder {root} does not exist.")
+
+
+def audio_files(folder: Path, extensions: list[str]) -> list[Path]:
+    """Audio files below ``folder``, sorted for deterministic order; hidden files skipped."""
+    exts = {e.lower() for e in extensions}
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    )
+
+
+def group_from_regex(pattern: re.Pattern[str] | None, rel: str) -> str:
+    if pattern is None:
+        return rel
+    match = pattern.search(rel)
+    if match is None:
+        return rel
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def class_folders(
+    source: SourceBase,
+    root: Path,
+    labels: list[str],
+    extensions: list[str],
+    group_of: GroupFn,
+) -> Listing:
+    """The common ``root/<class>/<files>`` layout; ``group_of(class, path)`` names groups."""
+    require_dir(root, source)
+    out = Listing()
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        native = folder.name
+        label = project_label(source, native, labels)
+        files = audio_files(folder, extensions)
+        if label is None:
+            out.unmapped[native] = out.unmapped.get(native, 0) + len(files)
+            continue
+        for path in files:
+            rel = path.relative_to(root).as_posix()
+            group = group_of(native, path)
+            out.items.append(
+                SourceItem(
+                    path, rel, source.name, native, label, f"{source.name}:{group}", source.role
+                )
+            )
+    return out

@@ -1,0 +1,49 @@
+"""The stage registry: ``soundops stage NAME`` and ``dvc.yaml`` both go through here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.layout import Layout
+from pipeline_lib.params import Params, load_params
+
+
+def _demo(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.demo.generate import generate_demo
+
+    return generate_demo(params, layout)
+
+
+def _ingest(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.ingest import run_ingest
+
+    return run_ingest(params, layout)
+
+
+def _validate(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.validate import run_validate
+
+    return run_validate(params, layout)
+
+
+def _split(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.split import run_split
+
+    return run_split(params, layout)
+
+
+STAGES: dict[str, Callable[[Params, Layout], Any]] = {
+    "demo": _demo,
+    "ingest": _ingest,
+    "validate": _validate,
+    "split": _split,
+}
+
+
+def run_stage(name: str, root: Path) -> Any:
+    """Load and validate params, then run one stage in the project at ``root``."""
+    layout = Layout(root)
+    params = load_params(layout.params)
+    return STAGES[name](params, layout)
