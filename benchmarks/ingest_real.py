@@ -97,10 +97,12 @@ def main() -> None:
             p.relative_to(data / "bad-inputs").as_posix()
             for p in (data / "bad-inputs").rglob("*.flac")
         )
-        exact = sorted(quarantine["source_path"]) == undecodable
+        reasons = quarantine["reason"].str.split(" ").str[0]
+        flagged = sorted(quarantine.loc[reasons == "undecodable", "source_path"])
         print(
-            f"quarantined {len(quarantine)}; bad-inputs holds {len(undecodable)} undecodable "
-            f"files; quarantine is exactly those: {exact}"
+            f"quarantined {len(quarantine)}: {dict(reasons.value_counts())}; bad-inputs holds "
+            f"{len(undecodable)} files; each quarantined as undecodable, and no other file "
+            f"undecodable: {flagged == undecodable}"
         )
         for row in quarantine.itertuples():
             print(f"  {row.source}/{row.source_path}: {row.reason}")

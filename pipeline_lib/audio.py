@@ -63,7 +63,8 @@ def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     orig, new = _kernel_key(orig_rate, new_rate)
     with torch.inference_mode():
         out = taf.resample(torch.from_numpy(samples), orig, new)
-    return out.numpy().astype(np.float32, copy=False)
+    result: np.ndarray = out.numpy().astype(np.float32, copy=False)
+    return result
 
 
 def dbfs(value: float) -> float:
@@ -96,7 +97,8 @@ def normalize_peak(samples: np.ndarray, target_dbfs: float | None) -> np.ndarray
     if peak <= EPS:
         return out.astype(np.float32, copy=False)
     gain = (10.0 ** (target_dbfs / 20.0)) / peak
-    return (out * gain).astype(np.float32, copy=False)
+    scaled: np.ndarray = (out * gain).astype(np.float32, copy=False)
+    return scaled
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -17,11 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def _init_worker() -> None:
-    # One BLAS/torch thread per process: the pool already uses every core.
+    # One BLAS/torch thread per process: the pool already uses every core. torch is only
+    # touched when the stage already imported it (importing it here would slow every fork).
     os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def pmap(

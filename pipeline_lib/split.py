@@ -17,12 +17,12 @@ import pandas as pd
 from pipeline_lib.atomic import write_csv, write_json
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params, SplitParams
+from pipeline_lib.params import Params, SplitName, SplitParams
 from pipeline_lib.validate import load_manifest
 
 log = logging.getLogger(__name__)
 
-ORDER = ("train", "val", "test")
+ORDER: tuple[SplitName, ...] = ("train", "val", "test")
 
 
 def hash_unit(salt: str, group: str) -> float:
@@ -90,8 +90,8 @@ def run_split(params: Params, layout: Layout) -> pd.DataFrame:
     write_csv(layout.assignment, assignment)
     write_csv(layout.split / "counts.csv", counts)
     metrics: dict[str, dict[str, int]] = {}
-    for row in counts[counts["role"] == "clip"].itertuples():
-        metrics.setdefault(str(row.split), {})[str(row.label)] = int(row.clips)
+    for row in counts[counts["role"] == "clip"].to_dict("records"):
+        metrics.setdefault(str(row["split"]), {})[str(row["label"])] = int(row["clips"])
     write_json(layout.metrics / "split.json", metrics)
     clip_labels = sorted(set(manifest.loc[manifest["role"] == "clip", "label"]))
     for name in ORDER:

@@ -218,7 +218,11 @@ def run_checks(
             gx.ValidationDefinition(name=f"{name}-gate", data=batch, suite=suite)
         )
         result = definition.run(batch_parameters={"dataframe": tables[name]})
-        by_check = {r.expectation_config.meta["check"]: r for r in result.results}
+        by_check = {
+            r.expectation_config.meta["check"]: r
+            for r in result.results
+            if r.expectation_config is not None
+        }
         for check, expectation, desc in checks:
             r = by_check[check]
             out.append(

@@ -194,10 +194,9 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
     demo = params.demo
     texts = build_texts(demo)
     for voice in demo.voices:  # fail fast, naming the key, before any work
-        for variant in demo.variants[:1]:
-            tts.synthesize("a", f"{voice}+{variant}", 175, 50)
+        tts.check_voice(voice)
     for variant in demo.variants:
-        tts.synthesize("a", f"{demo.voices[0]}+{variant}", 175, 50)
+        tts.check_voice(f"{demo.voices[0]}+{variant}")
     with atomic_path(layout.demo) as out:
         out.mkdir(parents=True)
         jobs: list[ClipJob | StreamJob] = []

@@ -14,7 +14,7 @@ def coloured(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     freqs[0] = 1.0
     spec *= freqs ** (-exponent / 2.0)
     out = np.fft.irfft(spec, n)
-    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+    return _unit_rms(out)
 
 
 def hum(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
@@ -25,7 +25,7 @@ def hum(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
     for h in range(1, 8):
         out += rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * base * h * t + rng.uniform(0, 6.28))
     out += 0.05 * rng.standard_normal(n)
-    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+    return _unit_rms(out)
 
 
 def clicks(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
@@ -36,7 +36,12 @@ def clicks(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
     for pos in rng.integers(0, max(1, n - decay.size), count):
         out[pos : pos + decay.size] += rng.uniform(-1, 1) * decay * rng.standard_normal(decay.size)
     out += 0.01 * rng.standard_normal(n)
-    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+    return _unit_rms(out)
+
+
+def _unit_rms(x: np.ndarray) -> np.ndarray:
+    scaled: np.ndarray = (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
+    return scaled
 
 
 def make_noise(rng: np.random.Generator, kind: str, n: int, rate: int) -> np.ndarray:

@@ -33,14 +33,19 @@ def sentences() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+@lru_cache(maxsize=1)
+def lexicon_phonemes() -> dict[str, str]:
+    words = list(lexicon())
+    return dict(zip(words, tts.phonemes_many(words), strict=True))
+
+
 def near_words(word: str, k: int) -> list[str]:
     """The ``k`` lexicon words whose IPA is closest to ``word``'s, excluding ``word`` itself."""
-    target = tts.phonemes(word)
+    target = tts.phonemes_many([word])[0]
     scored = []
-    for cand in lexicon():
+    for cand, ph in lexicon_phonemes().items():
         if cand == word.lower():
             continue
-        ph = tts.phonemes(cand)
         if ph == target:
             continue
         dist = _edit_distance(target, ph) / max(len(target), len(ph), 1)
@@ -68,8 +73,8 @@ def confusables(phrase: str, extra: list[str], k: int = 6) -> list[str]:
         for near in near_words(w, k):
             out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
     out.extend(extra)
-    seen: set[str] = set()
-    return [p for p in out if p != phrase.lower() and not (p in seen or seen.add(p))]
+    unique = dict.fromkeys(p for p in out if p != phrase.lower())  # ordered, no repeats
+    return list(unique)
 
 
 def other_speech(phrase: str) -> list[str]:

@@ -23,7 +23,7 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
+    except Exception as exc:  # any parse failure is a problem with the user's file
         raise SoundopsError(f"{what}: manifest {path} cannot be read ({exc}).") from None
     return frame.astype(str)
 

@@ -1,0 +1,131 @@
+"""The stage graph under real DVC in a throw-away git repo: repro, no-op, targeted reruns,
+the gate stopping the pipeline, and a push to a local remote."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline_lib.layout import Layout
+from tests.conftest import REPO, shipped_params
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(raw: dict[str, Any]) -> dict[str, Any]:
+    raw["runtime"]["workers"] = 2
+    raw["demo"]["counts"] = {"target": 12, "confusable": 12, "speech": 12, "noise": 12}
+    raw["demo"]["background"] |= {
+        "train_minutes": 0,
+        "val_minutes": 0.1,
+        "test_minutes": 0.1,
+        "stream_minutes": 0.1,
+    }
+    raw["validate"] |= {
+        "stream_min_duration_s": 5,
+        "min_clips_per_label": 10,
+        "min_clips_per_split": 0,
+        "min_groups_per_label": 2,
+    }
+    return raw
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = os.environ | {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "GX_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def repro(self, check: bool = True) -> tuple[int, str]:
+        proc = self.run("dvc", "repro", check=check)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def edit(self, section: str, key: str, value: Any) -> None:
+        path = self.root / "params.yaml"
+        raw = yaml.safe_load(path.read_text())
+        raw[section][key] = value
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    root = tmp_path_factory.mktemp("dvcproj")
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copytree(
+        REPO / "pipeline_lib", root / "pipeline_lib", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / "README.md").write_text("raw recordings\n")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny(shipped_params()), sort_keys=False))
+    proj = Project(root)
+    proj.run("git", "init", "-q")
+    proj.run("dvc", "init", "-q")
+    proj.run("dvc", "config", "core.analytics", "false")
+    proj.run("dvc", "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote"))
+    return proj
+
+
+def test_repro_builds_then_does_nothing(project: Project) -> None:
+    code, out = project.repro()
+    assert ran(out) == {"demo", "ingest", "validate", "split"}
+    layout = Layout(project.root)
+    assert layout.assignment.is_file() and layout.gate.is_file()
+    assert (project.root / "metrics" / "split.json").is_file()
+    code, out = project.repro()
+    assert code == 0 and ran(out) == set()
+    project.run("dvc", "push", "-q")
+    remote = project.root.parent / f"{project.root.name}-remote"
+    assert sum(1 for p in remote.rglob("*") if p.is_file()) > 48
+
+
+def test_params_rerun_only_their_stages(project: Project) -> None:
+    project.repro()
+    project.edit("validate", "min_rms_dbfs", -75.0)
+    _, out = project.repro()
+    assert ran(out) == {"validate"}  # the gate still passes for the same manifest
+    project.edit("split", "salt", "another")
+    _, out = project.repro()
+    assert ran(out) == {"split"}
+    project.edit("ingest", "normalize_peak_dbfs", -3.0)
+    _, out = project.repro()
+    assert ran(out) == {"ingest", "validate", "split"}
+
+
+def test_gate_failure_stops_the_pipeline(project: Project) -> None:
+    project.repro()
+    project.edit("validate", "min_clips_per_label", 1000)
+    code, out = project.repro(check=False)
+    assert code != 0
+    assert "min_clips_per_label" in out and "Traceback" not in out
+    assert "split" not in ran(out)
+    project.edit("validate", "min_clips_per_label", 10)
+    code, _ = project.repro()
+    assert code == 0
