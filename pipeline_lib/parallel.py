@@ -33,9 +33,10 @@ def pmap(
     workers: int,
     desc: str,
     chunksize: int = 8,
+    unit: str = "file",
 ) -> list[R]:
     """Map ``fn`` over ``items`` with ``workers`` processes (in-process when 1)."""
-    bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True, leave=True)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, dynamic_ncols=True, leave=True)
     results: list[R] = []
     try:
         if workers <= 1 or len(items) <= 1:

@@ -17,6 +17,7 @@ from pipeline_lib.demo.phrases import confusables
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import parse_params
+from pipeline_lib.tts import SpeechSession
 
 
 def tiny_demo(raw: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +76,8 @@ def test_corpus_content(tmp_path: Path, raw_params: dict[str, Any]) -> None:
 
 
 def test_confusables_share_sounds_but_are_not_the_phrase() -> None:
-    found = confusables("amber lantern", ["lamp lighter"])
+    with SpeechSession() as session:
+        found = confusables("amber lantern", ["lamp lighter"], session)
     assert {"amber", "lantern", "lantern amber", "lamp lighter"} <= set(found)
     assert "amber lantern" not in found
     assert any(c.endswith(" lantern") and c != "lantern" for c in found)

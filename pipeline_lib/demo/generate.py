@@ -3,8 +3,9 @@
 Positives are the target phrase spoken by espeak-ng across English voices, variants, rates
 and pitches; negatives are phonetic confusables, other speech and non-speech noise; long
 background streams (speech, confusables and noise, never the target) measure false alarms.
-Every file is a pure function of (seed, kind, index), so the corpus is deterministic
-whatever the number of worker processes.
+Every file is a pure function of (seed, kind, index) and of the fixed batch it is
+spoken in (one fresh espeak-ng process per batch of clips or per stream, see
+:mod:`pipeline_lib.tts`), so the corpus is byte-identical whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ class Texts:
     words: tuple[str, ...]
 
 
+BATCH = 50  # clips per espeak-ng session; part of what the corpus is a function of
+
+
 @dataclass(frozen=True)
 class ClipJob:
     kind: str
-    index: int
+    start: int
+    stop: int
     seed: int
     out: Path
     demo: DemoParams
@@ -64,10 +69,12 @@ def _speaker(rng: np.random.Generator, demo: DemoParams) -> str:
     return f"{rng.choice(demo.voices)}+{rng.choice(demo.variants)}"
 
 
-def _speak(rng: np.random.Generator, demo: DemoParams, text: str, voice: str) -> np.ndarray:
+def _speak(
+    session: tts.SpeechSession, rng: np.random.Generator, demo: DemoParams, text: str, voice: str
+) -> np.ndarray:
     wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
     pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
-    speech = tts.synthesize(text, voice, wpm, pitch, pitch_range=int(rng.uniform(20, 80)))
+    speech = session.speak(text, voice, wpm, pitch, pitch_range=int(rng.uniform(20, 80)))
     return _trim(speech)
 
 
@@ -96,10 +103,16 @@ def _text_for(rng: np.random.Generator, kind: str, texts: Texts) -> str:
     return " ".join(rng.choice(texts.words, size=int(rng.integers(2, 7))))
 
 
-def make_clip(job: ClipJob) -> dict[str, object]:
+def make_clips(job: ClipJob) -> list[dict[str, object]]:
+    """A batch of labelled clips spoken by one espeak-ng session; their manifest rows."""
+    with tts.SpeechSession() as session:
+        return [make_clip(session, job, i) for i in range(job.start, job.stop)]
+
+
+def make_clip(session: tts.SpeechSession, job: ClipJob, index: int) -> dict[str, object]:
     """One labelled clip; returns its manifest row."""
-    rng = np.random.default_rng([job.seed, KIND_INDEX[job.kind], job.index])
-    rate = tts.sample_rate()
+    rng = np.random.default_rng([job.seed, KIND_INDEX[job.kind], index])
+    rate = tts.RATE
     n = int(job.demo.clip_seconds * rate)
     row: dict[str, object] = {"label": job.kind, "role": "clip", "split": ""}
     if job.kind == "noise":
@@ -110,11 +123,11 @@ def make_clip(job: ClipJob) -> dict[str, object]:
             else float(rng.uniform(-45, -12))
         )
         clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
-        row |= {"group": f"noise-{job.index:05d}", "text": kind, "voice": ""}
+        row |= {"group": f"noise-{index:05d}", "text": kind, "voice": ""}
     else:
         voice = _speaker(rng, job.demo)
         text = _text_for(rng, job.kind, job.texts)
-        speech = _speak(rng, job.demo, text, voice)
+        speech = _speak(session, rng, job.demo, text, voice)
         if job.kind != "speech" and speech.size > n:  # keep the whole phrase: grow the clip
             n = speech.size + int(0.1 * rate)
         speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
@@ -124,7 +137,7 @@ def make_clip(job: ClipJob) -> dict[str, object]:
         sig_rms = float(np.sqrt(np.mean(speech**2))) + 1e-9
         clip = clip + bed * np.float32(sig_rms / 10 ** (snr / 20))
         row |= {"group": voice, "text": text, "voice": voice}
-    rel = f"clips/{job.kind}/{job.kind}-{job.index:05d}.flac"
+    rel = f"clips/{job.kind}/{job.kind}-{index:05d}.flac"
     _write(job.out / rel, clip, rate)
     return row | {"path": rel}
 
@@ -132,18 +145,20 @@ def make_clip(job: ClipJob) -> dict[str, object]:
 def make_stream(job: StreamJob) -> dict[str, object]:
     """One long background recording: a noise bed with speech, confusables and noise events."""
     rng = np.random.default_rng([job.seed, KIND_INDEX["background"], job.index])
-    rate = tts.sample_rate()
+    rate = tts.RATE
     n = int(job.seconds * rate)
     bed_kind = str(rng.choice(["white", "pink", "brown", "hum"]))
     out = nz.at_rms_dbfs(nz.make_noise(rng, bed_kind, n, rate), float(rng.uniform(-55, -35)))
     pos = int(rng.uniform(0.5, 3.0) * rate)
     demo = job.demo
     bg = demo.background
+    session = tts.SpeechSession()
     while pos < n:
         u = rng.random()
         if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
             kind = "speech" if u < bg.speech_share else "confusable"
-            event = _speak(rng, demo, _text_for(rng, kind, job.texts), _speaker(rng, demo))
+            text, voice = _text_for(rng, kind, job.texts), _speaker(rng, demo)
+            event = _speak(session, rng, demo, text, voice)
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:
             length = int(rng.uniform(0.3, 3.0) * rate)
@@ -155,6 +170,7 @@ def make_stream(job: StreamJob) -> dict[str, object]:
         end = min(n, pos + event.size)
         out[pos:end] += event[: end - pos].astype(np.float32)
         pos = end + int(rng.exponential(1.5) * rate)
+    session.close()
     peak = float(np.abs(out).max())
     if peak > 0.99:
         out *= np.float32(0.99 / peak)
@@ -176,14 +192,14 @@ def _write(path: Path, x: np.ndarray, rate: int) -> None:
     sf.write(str(path), np.clip(x, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
 
 
-def _run(job: ClipJob | StreamJob) -> dict[str, object]:
-    return make_stream(job) if isinstance(job, StreamJob) else make_clip(job)
+def _run(job: ClipJob | StreamJob) -> list[dict[str, object]]:
+    return [make_stream(job)] if isinstance(job, StreamJob) else make_clips(job)
 
 
-def build_texts(demo: DemoParams) -> Texts:
+def build_texts(demo: DemoParams, session: tts.SpeechSession) -> Texts:
     return Texts(
         target=tuple(phrases.target_variants(demo.phrase)),
-        confusable=tuple(phrases.confusables(demo.phrase, demo.extra_confusables)),
+        confusable=tuple(phrases.confusables(demo.phrase, demo.extra_confusables, session)),
         speech=tuple(phrases.other_speech(demo.phrase)),
         words=tuple(phrases.word_salad_pool(demo.phrase)),
     )
@@ -192,11 +208,12 @@ def build_texts(demo: DemoParams) -> Texts:
 def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
     """The demo stage: write ``data/demo`` (FLAC clips and streams plus manifest.csv)."""
     demo = params.demo
-    texts = build_texts(demo)
-    for voice in demo.voices:  # fail fast, naming the key, before any work
-        tts.check_voice(voice)
-    for variant in demo.variants:
-        tts.check_voice(f"{demo.voices[0]}+{variant}")
+    with tts.SpeechSession() as session:
+        for voice in demo.voices:  # fail fast, naming the key, before any work
+            session.check_voice(voice)
+        for variant in demo.variants:
+            session.check_voice(f"{demo.voices[0]}+{variant}")
+        texts = build_texts(demo, session)
     with atomic_path(layout.demo) as out:
         out.mkdir(parents=True)
         jobs: list[ClipJob | StreamJob] = []
@@ -213,8 +230,19 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
                 for i in range(count)
             )
         for kind, count in demo.counts.model_dump().items():
-            jobs.extend(ClipJob(kind, i, params.seed, out, demo, texts) for i in range(count))
-        rows = pmap(_run, jobs, workers=params.runtime.resolved_workers(), desc="demo", chunksize=4)
+            jobs.extend(
+                ClipJob(kind, i, min(i + BATCH, count), params.seed, out, demo, texts)
+                for i in range(0, count, BATCH)
+            )
+        batches = pmap(
+            _run,
+            jobs,
+            workers=params.runtime.resolved_workers(),
+            desc="demo",
+            chunksize=1,
+            unit="batch",
+        )
+        rows = [row for batch in batches for row in batch]
         frame = pd.DataFrame(
             rows, columns=["path", "label", "group", "split", "role", "voice", "text"]
         )
@@ -222,7 +250,7 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
         summary = {
             "phrase": demo.phrase,
             "confusables": list(texts.confusable),
-            "sample_rate": tts.sample_rate(),
+            "sample_rate": tts.RATE,
             "clips": {
                 k: int(v) for k, v in frame[frame.role == "clip"]["label"].value_counts().items()
             },

@@ -33,17 +33,12 @@ def sentences() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-@lru_cache(maxsize=1)
-def lexicon_phonemes() -> dict[str, str]:
-    words = list(lexicon())
-    return dict(zip(words, tts.phonemes_many(words), strict=True))
-
-
-def near_words(word: str, k: int) -> list[str]:
+def near_words(word: str, k: int, session: tts.SpeechSession) -> list[str]:
     """The ``k`` lexicon words whose IPA is closest to ``word``'s, excluding ``word`` itself."""
-    target = tts.phonemes_many([word])[0]
+    words = list(lexicon())
+    target, *sounds = session.phonemes([word, *words])
     scored = []
-    for cand, ph in lexicon_phonemes().items():
+    for cand, ph in zip(words, sounds, strict=True):
         if cand == word.lower():
             continue
         if ph == target:
@@ -60,7 +55,7 @@ def target_variants(phrase: str) -> list[str]:
     return [p, p.capitalize(), f"{p}!", f"{p}?", p.replace(" ", ", ", 1), f"{p.capitalize()}."]
 
 
-def confusables(phrase: str, extra: list[str], k: int = 6) -> list[str]:
+def confusables(phrase: str, extra: list[str], session: tts.SpeechSession, k: int = 6) -> list[str]:
     """Phonetically confusable negatives: single words and partial phrases, one word swapped
     for a near-sounding word, words reordered, plus user-given phrases."""
     words = phrase.lower().split()
@@ -70,7 +65,7 @@ def confusables(phrase: str, extra: list[str], k: int = 6) -> list[str]:
         out.extend(" ".join(words[:i]) for i in range(1, len(words)))
         out.extend(" ".join(p) for p in itertools.permutations(words) if list(p) != words)
     for i, w in enumerate(words):
-        for near in near_words(w, k):
+        for near in near_words(w, k, session):
             out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
     out.extend(extra)
     unique = dict.fromkeys(p for p in out if p != phrase.lower())  # ordered, no repeats
