@@ -20,9 +20,10 @@ from pipeline_lib.params import parse_params
 from pipeline_lib.tts import SpeechSession
 
 
-def tiny_demo(raw: dict[str, Any]) -> dict[str, Any]:
+def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
+    """A demo corpus of a few clips per label and seconds-long streams."""
     raw = copy.deepcopy(raw)
-    raw["demo"]["counts"] = {"target": 6, "confusable": 6, "speech": 6, "noise": 6}
+    raw["demo"]["counts"] = dict.fromkeys(("target", "confusable", "speech", "noise"), per_label)
     raw["demo"]["background"] |= {
         "train_minutes": 0,
         "val_minutes": 0.1,

@@ -15,19 +15,14 @@ import yaml
 
 from pipeline_lib.layout import Layout
 from tests.conftest import REPO, shipped_params
+from tests.test_demo import tiny_demo
 
 pytestmark = pytest.mark.slow
 
 
 def tiny(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = tiny_demo(raw, per_label=12)
     raw["runtime"]["workers"] = 2
-    raw["demo"]["counts"] = {"target": 12, "confusable": 12, "speech": 12, "noise": 12}
-    raw["demo"]["background"] |= {
-        "train_minutes": 0,
-        "val_minutes": 0.1,
-        "test_minutes": 0.1,
-        "stream_minutes": 0.1,
-    }
     raw["validate"] |= {
         "stream_min_duration_s": 5,
         "min_clips_per_label": 10,

@@ -11,6 +11,7 @@ from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import Role, SourceBase
 
 GroupFn = Callable[[str, Path], str]
+RefineFn = Callable[["SourceItem"], "SourceItem"]
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,10 @@ def class_folders(
     labels: list[str],
     extensions: list[str],
     group_of: GroupFn,
+    refine: RefineFn | None = None,
 ) -> Listing:
-    """The common ``root/<class>/<files>`` layout; ``group_of(class, path)`` names groups."""
+    """The common ``root/<class>/<files>`` layout; ``group_of(class, path)`` names groups and
+    ``refine``, when given, changes an item (a corpus's pinned split or its stream folder)."""
     require_dir(root, source)
     out = Listing()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -100,9 +103,8 @@ def class_folders(
         for path in files:
             rel = path.relative_to(root).as_posix()
             group = group_of(native, path)
-            out.items.append(
-                SourceItem(
-                    path, rel, source.name, native, label, f"{source.name}:{group}", source.role
-                )
+            item = SourceItem(
+                path, rel, source.name, native, label, f"{source.name}:{group}", source.role
             )
+            out.items.append(refine(item) if refine else item)
     return out

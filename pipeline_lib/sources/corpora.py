@@ -8,6 +8,7 @@ recording never lands in two splits.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline_lib.errors import SoundopsError
@@ -17,7 +18,6 @@ from pipeline_lib.sources.base import (
     Listing,
     Reject,
     SourceItem,
-    audio_files,
     class_folders,
     project_label,
     require_dir,
@@ -40,31 +40,15 @@ def list_speech_commands(
             for line in listed.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     fixed[line.strip()] = split
-    out = Listing()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        native = folder.name
-        label = project_label(source, native, labels)
-        files = audio_files(folder, extensions)
-        if label is None:
-            out.unmapped[native] = out.unmapped.get(native, 0) + len(files)
-            continue
-        is_noise = native == SC_BACKGROUND
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            speaker = path.stem if is_noise else path.name.split("_nohash_")[0]
-            out.items.append(
-                SourceItem(
-                    path,
-                    rel,
-                    source.name,
-                    native,
-                    label,
-                    f"{source.name}:{speaker}",
-                    "stream" if is_noise else source.role,
-                    fixed.get(rel, ""),
-                )
-            )
-    return out
+
+    def speaker(native: str, path: Path) -> str:
+        return path.stem if native == SC_BACKGROUND else path.name.split("_nohash_")[0]
+
+    def refine(item: SourceItem) -> SourceItem:
+        role = "stream" if item.native_label == SC_BACKGROUND else item.role
+        return replace(item, role=role, fixed_split=fixed.get(item.rel, ""))
+
+    return class_folders(source, root, labels, extensions, speaker, refine)
 
 
 def list_esc50(
