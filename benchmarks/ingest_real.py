@@ -99,8 +99,9 @@ def main() -> None:
         )
         reasons = quarantine["reason"].str.split(" ").str[0]
         flagged = sorted(quarantine.loc[reasons == "undecodable", "source_path"])
+        counts = {str(k): int(v) for k, v in reasons.value_counts().items()}
         print(
-            f"quarantined {len(quarantine)}: {dict(reasons.value_counts())}; bad-inputs holds "
+            f"quarantined {len(quarantine)}: {counts}; bad-inputs holds "
             f"{len(undecodable)} files; each quarantined as undecodable, and no other file "
             f"undecodable: {flagged == undecodable}"
         )
