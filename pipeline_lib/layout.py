@@ -64,5 +64,22 @@ class Layout:
         return self.data / "split"
 
     @property
+    def features(self) -> Path:
+        return self.data / "features"
+
+    @property
+    def model(self) -> Path:
+        return self.data / "model"
+
+    @property
+    def train_state(self) -> Path:
+        """Checkpoints for resuming a killed training run (DVC ``persist``, not cached)."""
+        return self.data / "train_state"
+
+    @property
+    def calibration(self) -> Path:
+        return self.data / "calibration"
+
+    @property
     def assignment(self) -> Path:
         return self.split / "assignment.csv"

@@ -9,6 +9,7 @@ expected, so ``soundops params check`` and every stage fail the same way.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,7 @@ class DemoParams(_Strict):
 
     phrase: Annotated[str, Field(min_length=3)]
     extra_confusables: list[str]
+    min_confusable_distance: Annotated[float, Field(ge=0, le=1)]
     counts: DemoCounts
     clip_seconds: Annotated[float, Field(gt=0.2, le=10)]
     voices: Annotated[list[str], Field(min_length=1)]
@@ -211,6 +213,118 @@ class ValidateParams(_Strict):
         return self.severity.get(check, "blocking")
 
 
+class LogMelParams(_Strict):
+    n_mels: Annotated[int, Field(ge=8, le=128)]
+    win_ms: Annotated[float, Field(gt=0, le=100)]
+    hop_ms: Annotated[float, Field(gt=0, le=50)]
+    f_min: Annotated[float, Field(ge=0)]
+    f_max: Annotated[float, Field(gt=0)]
+
+
+class FeatureParams(_Strict):
+    """Front end and model window; ``micro`` is what TFLite Micro firmware computes."""
+
+    front_end: Literal["micro", "logmel"]
+    window_s: Annotated[float, Field(gt=0.1, le=10)]
+    preroll_s: Annotated[float, Field(ge=0, le=10)]
+    logmel: LogMelParams
+
+
+class TaskParams(_Strict):
+    """Classes the model predicts, in order, each a list of project labels. The first is the
+    negative class ("nothing to detect"); false alarms are any other class on background."""
+
+    classes: dict[str, list[str]]
+
+    @model_validator(mode="after")
+    def _two_classes(self) -> TaskParams:
+        if len(self.classes) < 2:
+            raise ValueError("needs at least two classes (the first is the negative class)")
+        seen: set[str] = set()
+        for name, labels in self.classes.items():
+            if not labels:
+                raise ValueError(f"class '{name}' lists no labels")
+            if seen & set(labels):
+                raise ValueError(f"labels {sorted(seen & set(labels))} are in two classes")
+            seen |= set(labels)
+        return self
+
+    def class_of(self, label: str) -> int | None:
+        for i, labels in enumerate(self.classes.values()):
+            if label in labels:
+                return i
+        return None
+
+
+class AugmentParams(_Strict):
+    """Offline augmented views of each training clip; SpecAugment is applied at train time."""
+
+    views: Annotated[int, Field(ge=0, le=32)]
+    stream_windows: Annotated[int, Field(ge=0)]
+    background_labels: list[str]
+    background_prob: Annotated[float, Field(ge=0, le=1)]
+    snr_db: Range
+    rir_prob: Annotated[float, Field(ge=0, le=1)]
+    rir_count: Annotated[int, Field(ge=1, le=256)]
+    gain_db: Range
+    shift_s: Annotated[float, Field(ge=0)]
+    time_masks: Annotated[int, Field(ge=0)]
+    time_mask_frames: Annotated[int, Field(ge=0)]
+    freq_masks: Annotated[int, Field(ge=0)]
+    freq_mask_bins: Annotated[int, Field(ge=0)]
+
+
+class ModelParams(_Strict):
+    arch: Literal["dscnn", "tcresnet8", "bcresnet1", "bcresnet2", "teacher"]
+    options: dict[str, float | int | list[int]]  # constructor arguments (width, channels, ...)
+
+
+class DistillParams(_Strict):
+    teacher: Path | None  # a trained model folder (spec.json + model.safetensors), or null
+    alpha: Annotated[float, Field(ge=0, le=1)]
+    temperature: Annotated[float, Field(gt=0)]
+
+
+class TrainParams(_Strict):
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=2)]
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_epochs: Annotated[float, Field(ge=0)]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    sampler: Literal["balanced", "class_weights"]
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]
+    grad_clip: Annotated[float, Field(gt=0)]
+    patience: Annotated[int, Field(ge=1)]
+    early_stop: Literal["pauc", "recall_at_fah"]
+    pauc_max_fpr: Annotated[float, Field(gt=0, le=1)]
+    deterministic: bool
+    distill: DistillParams
+
+
+class CalibrateParams(_Strict):
+    """Temperature scaling and the streaming rule, chosen on validation audio so background
+    stays under the target false alarms per hour of ``preset`` with the highest recall."""
+
+    preset: str
+    presets: dict[str, Annotated[float, Field(gt=0)]]
+    hop_s: Annotated[float, Field(gt=0, le=2)]
+    smoothing: Annotated[list[Annotated[int, Field(ge=1, le=50)]], Field(min_length=1)]
+    refractory_s: Annotated[float, Field(ge=0)]
+    positive_gap_s: Annotated[float, Field(gt=0)]
+    tolerance_s: Annotated[float, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _preset_known(self) -> CalibrateParams:
+        if self.preset not in self.presets:
+            raise ValueError(f"preset '{self.preset}' is not one of {sorted(self.presets)}")
+        return self
+
+    @property
+    def target_fah(self) -> float:
+        return self.presets[self.preset]
+
+
 class SplitParams(_Strict):
     """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
 
@@ -238,6 +352,12 @@ class Params(_Strict):
     ingest: IngestParams
     validate_: Annotated[ValidateParams, Field(alias="validate")]
     split: SplitParams
+    task: TaskParams
+    features: FeatureParams
+    augment: AugmentParams
+    model: ModelParams
+    train: TrainParams
+    calibrate: CalibrateParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -246,12 +366,15 @@ class Params(_Strict):
         known = set(self.labels)
         if len(known) != len(self.labels):
             raise ValueError("labels must be unique")
-        for j, lab in enumerate(self.ingest.allow_silent_labels):
-            if lab not in known:
-                raise _KeyedError(
-                    f"ingest.allow_silent_labels[{j}]",
-                    f"'{lab}' is not one of labels {self.labels}",
-                )
+        named = [
+            ("ingest.allow_silent_labels", self.ingest.allow_silent_labels),
+            ("augment.background_labels", self.augment.background_labels),
+        ]
+        named += [(f"task.classes.{c}", labs) for c, labs in self.task.classes.items()]
+        for key, values in named:
+            for j, lab in enumerate(values):
+                if lab not in known:
+                    raise _KeyedError(f"{key}[{j}]", f"'{lab}' is not one of labels {self.labels}")
         for i, src in enumerate(self.ingest.sources):
             where = f"ingest.sources[{i}]"
             for key, value in src.label_map.items():
@@ -301,7 +424,8 @@ def _describe(err: dict[str, Any], source: str) -> str:
         return f"{source}: missing required key '{key}'."
     if msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
-        if ": " in msg and msg.split(": ", 1)[0].startswith(("ingest.", "labels")):
+        head = msg.split(": ", 1)[0]
+        if ": " in msg and re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_]+|\[\d+\])+", head):
             key, msg = msg.split(": ", 1)
     got = err.get("input")
     got_txt = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"

@@ -34,11 +34,32 @@ def _split(params: Params, layout: Layout) -> Any:
     return run_split(params, layout)
 
 
+def _extract(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.extract import run_extract
+
+    return run_extract(params, layout)
+
+
+def _train(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.train import run_train
+
+    return run_train(params, layout)
+
+
+def _calibrate(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.calibrate import run_calibrate
+
+    return run_calibrate(params, layout)
+
+
 STAGES: dict[str, Callable[[Params, Layout], Any]] = {
     "demo": _demo,
     "ingest": _ingest,
     "validate": _validate,
     "split": _split,
+    "extract": _extract,
+    "train": _train,
+    "calibrate": _calibrate,
 }
 
 

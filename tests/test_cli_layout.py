@@ -27,6 +27,9 @@ def test_dvc_yaml_matches_layout() -> None:
     assert outs["ingest"] == [rel(layout.ingest)]
     assert outs["validate"] == [rel(layout.validate)]
     assert outs["split"] == [rel(layout.split)]
+    assert outs["extract"] == [rel(layout.features)]
+    assert outs["train"] == [rel(layout.model), rel(layout.train_state)]
+    assert outs["calibrate"] == [rel(layout.calibration)]
     assert rel(layout.gate) in stages["split"]["deps"]
     for name, stage in stages.items():
         assert stage["cmd"] == f"soundops stage {name}"

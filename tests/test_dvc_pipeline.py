@@ -23,6 +23,9 @@ pytestmark = pytest.mark.slow
 def tiny(raw: dict[str, Any]) -> dict[str, Any]:
     raw = tiny_demo(raw, per_label=12)
     raw["runtime"]["workers"] = 2
+    raw["augment"] |= {"views": 1, "stream_windows": 50}
+    raw["train"] |= {"epochs": 2, "batch_size": 16}
+    raw["model"] = {"arch": "tcresnet8", "options": {}}
     raw["validate"] |= {
         "stream_min_duration_s": 5,
         "min_clips_per_label": 10,
@@ -90,10 +93,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 def test_repro_builds_then_does_nothing(project: Project) -> None:
     code, out = project.repro()
-    assert ran(out) == {"demo", "ingest", "validate", "split"}
+    assert ran(out) == {"demo", "ingest", "validate", "split", "extract", "train", "calibrate"}
     layout = Layout(project.root)
     assert layout.assignment.is_file() and layout.gate.is_file()
     assert (project.root / "metrics" / "split.json").is_file()
+    assert (layout.calibration / "calibration.json").is_file()
     code, out = project.repro()
     assert code == 0 and ran(out) == set()
     project.run("dvc", "push", "-q")
@@ -106,12 +110,15 @@ def test_params_rerun_only_their_stages(project: Project) -> None:
     project.edit("validate", "min_rms_dbfs", -75.0)
     _, out = project.repro()
     assert ran(out) == {"validate"}  # the gate still passes for the same manifest
+    project.edit("calibrate", "refractory_s", 3.0)
+    _, out = project.repro()
+    assert ran(out) == {"calibrate"}
     project.edit("split", "salt", "another")
     _, out = project.repro()
-    assert ran(out) == {"split"}
+    assert ran(out) == {"split", "extract", "train", "calibrate"}
     project.edit("ingest", "normalize_peak_dbfs", -3.0)
     _, out = project.repro()
-    assert ran(out) == {"ingest", "validate", "split"}
+    assert ran(out) == {"ingest", "validate", "split", "extract", "train", "calibrate"}
 
 
 def test_gate_failure_stops_the_pipeline(project: Project) -> None:

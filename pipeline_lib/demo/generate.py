@@ -199,7 +199,14 @@ def _run(job: ClipJob | StreamJob) -> list[dict[str, object]]:
 def build_texts(demo: DemoParams, session: tts.SpeechSession) -> Texts:
     return Texts(
         target=tuple(phrases.target_variants(demo.phrase)),
-        confusable=tuple(phrases.confusables(demo.phrase, demo.extra_confusables, session)),
+        confusable=tuple(
+            phrases.confusables(
+                demo.phrase,
+                demo.extra_confusables,
+                session,
+                min_distance=demo.min_confusable_distance,
+            )
+        ),
         speech=tuple(phrases.other_speech(demo.phrase)),
         words=tuple(phrases.word_salad_pool(demo.phrase)),
     )

@@ -33,8 +33,11 @@ def sentences() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def near_words(word: str, k: int, session: tts.SpeechSession) -> list[str]:
-    """The ``k`` lexicon words whose IPA is closest to ``word``'s, excluding ``word`` itself."""
+def near_words(
+    word: str, k: int, session: tts.SpeechSession, min_distance: float = 0.0
+) -> list[str]:
+    """The ``k`` lexicon words whose IPA is closest to ``word``'s, at least ``min_distance``
+    away (a share of the sounds), excluding ``word`` itself."""
     words = list(lexicon())
     target, *sounds = session.phonemes([word, *words])
     scored = []
@@ -44,7 +47,8 @@ def near_words(word: str, k: int, session: tts.SpeechSession) -> list[str]:
         if ph == target:
             continue
         dist = _edit_distance(target, ph) / max(len(target), len(ph), 1)
-        scored.append((dist, cand))
+        if dist >= min_distance:
+            scored.append((dist, cand))
     scored.sort()
     return [w for _, w in scored[:k]]
 
@@ -55,7 +59,13 @@ def target_variants(phrase: str) -> list[str]:
     return [p, p.capitalize(), f"{p}!", f"{p}?", p.replace(" ", ", ", 1), f"{p.capitalize()}."]
 
 
-def confusables(phrase: str, extra: list[str], session: tts.SpeechSession, k: int = 6) -> list[str]:
+def confusables(
+    phrase: str,
+    extra: list[str],
+    session: tts.SpeechSession,
+    k: int = 6,
+    min_distance: float = 0.0,
+) -> list[str]:
     """Phonetically confusable negatives: single words and partial phrases, one word swapped
     for a near-sounding word, words reordered, plus user-given phrases."""
     words = phrase.lower().split()
@@ -65,7 +75,7 @@ def confusables(phrase: str, extra: list[str], session: tts.SpeechSession, k: in
         out.extend(" ".join(words[:i]) for i in range(1, len(words)))
         out.extend(" ".join(p) for p in itertools.permutations(words) if list(p) != words)
     for i, w in enumerate(words):
-        for near in near_words(w, k, session):
+        for near in near_words(w, k, session, min_distance):
             out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
     out.extend(extra)
     unique = dict.fromkeys(p for p in out if p != phrase.lower())  # ordered, no repeats

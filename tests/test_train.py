@@ -1,0 +1,126 @@
+"""Training on a tiny generated feature store: it learns, and a killed run resumes to the
+same weights as an unbroken one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pipeline_lib.layout import Layout
+from pipeline_lib.modelio import load_model
+from pipeline_lib.params import parse_params
+from pipeline_lib.train import pauc, run_train
+
+FRAMES, BINS = 148, 40
+
+
+def write_store(layout: Layout, n_train: int, n_val: int) -> None:
+    """Features where the target class carries a bright band the model can learn."""
+    out = layout.features
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        labels = np.array(["target", "speech", "noise", "confusable"])[np.arange(n) % 4]
+        x = rng.normal(0, 1, (n, FRAMES, BINS)).astype(np.float32)
+        x[labels == "target", 50:90, 10:16] += 2.5
+        np.save(out / f"{split}.npy", x.astype(np.float16), allow_pickle=False)
+        pd.DataFrame(
+            {
+                "id": [f"{split}{i}" for i in range(n)],
+                "view": 0,
+                "label": labels,
+                "class": (labels == "target").astype(int),
+                "group": [f"g{i}" for i in range(n)],
+            }
+        ).to_csv(out / f"{split}.csv", index=False)
+    (out / "norm.json").write_text(json.dumps({"mean": [0.0] * BINS, "std": [1.0] * BINS}))
+
+
+def tiny_train(raw: dict[str, Any], epochs: int) -> dict[str, Any]:
+    raw["model"]["arch"] = "tcresnet8"
+    raw["train"] |= {"epochs": epochs, "batch_size": 16, "patience": 100, "warmup_epochs": 0.5}
+    return raw
+
+
+def test_training_learns_and_saves_a_loadable_model(
+    tmp_path: Path, raw_params: dict[str, Any]
+) -> None:
+    layout = Layout(tmp_path)
+    write_store(layout, 256, 64)
+    summary = run_train(parse_params(tiny_train(raw_params, 4)), layout)
+    assert summary["val_pauc"] > 0.9 and summary["epochs_run"] == 4
+    _, spec = load_model(layout.model)
+    assert spec.classes == {
+        "other": ["confusable", "speech", "noise", "background"],
+        "target": ["target"],
+    }
+    assert (spec.frames, spec.bins) == (FRAMES, BINS)
+    assert (layout.model / "curves.png").stat().st_size > 1000
+    curves = pd.read_csv(layout.metrics / "train_curves.csv")
+    assert list(curves["epoch"]) == [1, 2, 3, 4]
+
+
+def _project(root: Path, raw: dict[str, Any]) -> Layout:
+    layout = Layout(root)
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_store(layout, 768, 64)
+    return layout
+
+
+def _train_cmd(root: Path) -> list[str]:
+    return [str(Path(sys.executable).parent / "soundops"), "stage", "train", "--root", str(root)]
+
+
+def test_killed_training_resumes_to_the_same_weights(
+    tmp_path: Path, raw_params: dict[str, Any]
+) -> None:
+    raw = tiny_train(raw_params, 8)
+    raw["runtime"]["workers"] = 1
+    env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    whole = _project(tmp_path / "whole", raw)
+    subprocess.run(_train_cmd(whole.root), env=env, check=True, capture_output=True, timeout=600)
+
+    broken = _project(tmp_path / "broken", raw)
+    proc = subprocess.Popen(
+        _train_cmd(broken.root), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    meta = broken.train_state / "last.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if meta.is_file() and json.loads(meta.read_text())["history"]["epoch"] >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads(meta.read_text())["history"]["epoch"]
+    assert 2 <= stopped_at < 8, "the run must be killed part-way"
+    assert not (broken.model / "model.safetensors").exists()
+    done = subprocess.run(
+        _train_cmd(broken.root), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"resuming after epoch {stopped_at}" in done.stderr
+    a = load_file(str(whole.model / "model.safetensors"))
+    b = load_file(str(broken.model / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pauc_bounds() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    assert pauc(np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), y, 0.1) == pytest.approx(1.0)
+    assert pauc(np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3]), y, 0.1) == pytest.approx(0.0)
