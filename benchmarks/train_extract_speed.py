@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,10 @@ from pipeline_lib.params import parse_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_speed(arch: str, batch: int, steps: int, device: torch.device) -> float:
-    model = build(arch, 2, 148, 40).to(device).train()
+def train_speed(
+    arch: str, batch: int, steps: int, device: torch.device, options: dict[str, Any]
+) -> float:
+    model = build(arch, 2, 148, 40, **options).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, 148, 40, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
@@ -54,12 +57,14 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{'model':10s} {'params':>8s} {'MACs':>9s} {'train samples/s':>16s}")
-    for arch in ZOO:
-        params, macs = count_params_macs(build(arch, 2, 148, 40), 148, 40)
-        speed = train_speed(arch, args.batch, args.steps, device)
-        print(f"{arch:10s} {params:8d} {macs / 1e6:8.2f}M {speed:16.0f}")
+    print(f"{'model':26s} {'params':>8s} {'MACs':>9s} {'train samples/s':>16s}")
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    configured = (raw["model"]["arch"], raw["model"]["options"])
+    for arch, options in [*((a, {}) for a in ZOO), configured]:
+        params, macs = count_params_macs(build(arch, 2, 148, 40, **options), 148, 40)
+        speed = train_speed(arch, args.batch, args.steps, device, options)
+        name = f"{arch} {options}" if options else arch
+        print(f"{name:26s} {params:8d} {macs / 1e6:8.2f}M {speed:16.0f}")
     audio = (np.random.default_rng(0).standard_normal(16000 * 60) * 0.1).astype(np.float32)
     for front_end in ("logmel", "micro"):
         raw["features"]["front_end"] = front_end

@@ -110,7 +110,7 @@ def test_params_rerun_only_their_stages(project: Project) -> None:
     project.edit("validate", "min_rms_dbfs", -75.0)
     _, out = project.repro()
     assert ran(out) == {"validate"}  # the gate still passes for the same manifest
-    project.edit("calibrate", "refractory_s", 3.0)
+    project.edit("calibrate", "smoothing", [1, 3])
     _, out = project.repro()
     assert ran(out) == {"calibrate"}
     project.edit("split", "salt", "another")
