@@ -46,8 +46,9 @@ unit: setup  ## pytest
 
 test: lint typecheck unit  ## everything CI runs
 
-bench: setup  ## benchmarks (need ../shared/data for the real-audio ones)
-	$(BIN)/python benchmarks/ingest_real.py
+bench: setup  ## benchmarks that need no real-audio folder (after make demo)
+	$(BIN)/python benchmarks/train_extract_speed.py
+	$(BIN)/python benchmarks/detection_check.py
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 \

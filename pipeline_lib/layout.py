@@ -73,7 +73,8 @@ class Layout:
 
     @property
     def train_state(self) -> Path:
-        """Checkpoints for resuming a killed training run (DVC ``persist``, not cached)."""
+        """Checkpoints for resuming a killed training run: not a DVC output (DVC would delete
+        it before the stage runs) and git-ignored; only a matching fingerprint resumes."""
         return self.data / "train_state"
 
     @property

@@ -28,7 +28,7 @@ def test_dvc_yaml_matches_layout() -> None:
     assert outs["validate"] == [rel(layout.validate)]
     assert outs["split"] == [rel(layout.split)]
     assert outs["extract"] == [rel(layout.features)]
-    assert outs["train"] == [rel(layout.model), rel(layout.train_state)]
+    assert outs["train"] == [rel(layout.model)]
     assert outs["calibrate"] == [rel(layout.calibration)]
     assert rel(layout.gate) in stages["split"]["deps"]
     for name, stage in stages.items():
