@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,9 +44,21 @@ def write_text(target: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinity become null: strict JSON readers (DVC, browsers) reject them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(target: Path, obj: Any) -> None:
-    """Write JSON atomically, keys sorted so reruns are byte-identical."""
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write JSON atomically, keys sorted so reruns are byte-identical; NaN is null."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_text(target, text + "\n")
 
 
 def write_csv(target: Path, frame: pd.DataFrame) -> None:

@@ -3,8 +3,9 @@
 One implementation shared by training (early stopping on recall at a target FAH),
 calibration, evaluation, mining and serving. Scores of a recording are computed window by
 window over its features in fixed-size chunks, so memory stays bounded whatever its length.
-A detection fires when the smoothed score crosses the threshold; after it, nothing fires
-for the refractory time, so one long burst is one false alarm.
+A detection fires when the smoothed score crosses the threshold upwards; after it, nothing
+fires for the refractory time, and a burst however long is one false alarm.
+:mod:`pipeline_lib.streaming` runs the same rule incrementally on live or long audio.
 """
 
 from __future__ import annotations
@@ -68,17 +69,47 @@ def smooth(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class EventState:
+    """What the event rule remembers between windows: was the last score above the
+    threshold, and when the refractory time ends."""
+
+    above: bool = False
+    ready_at: float = -np.inf
+
+
+def events_from(
+    smoothed: np.ndarray,
+    times: np.ndarray,
+    threshold: float,
+    refractory_s: float,
+    state: EventState | None = None,
+) -> list[tuple[float, float]]:
+    """Events (time, score) in a run of windows, carrying ``state`` across calls.
+
+    An event is an upward crossing of ``threshold`` (the score was below it at the previous
+    window) at or after the end of the previous event's refractory time. A burst however
+    long is one event; a second crossing inside the refractory time is not an event.
+    """
+    st = state if state is not None else EventState()
+    if smoothed.size == 0:
+        return []
+    above = smoothed >= threshold
+    prev = np.concatenate([[st.above], above[:-1]])
+    events: list[tuple[float, float]] = []
+    for i in np.flatnonzero(above & ~prev):
+        if times[i] >= st.ready_at:
+            events.append((float(times[i]), float(smoothed[i])))
+            st.ready_at = float(times[i]) + refractory_s
+    st.above = bool(above[-1])
+    return events
+
+
 def detect(
     smoothed: np.ndarray, times: np.ndarray, threshold: float, refractory_s: float
 ) -> list[tuple[float, float]]:
-    """Events (time, score): a crossing of ``threshold``, then a refractory silence."""
-    events: list[tuple[float, float]] = []
-    ready_at = -np.inf
-    for i in np.flatnonzero(smoothed >= threshold):
-        if times[i] >= ready_at:
-            events.append((float(times[i]), float(smoothed[i])))
-            ready_at = times[i] + refractory_s
-    return events
+    """Events of one whole recording (see :func:`events_from`)."""
+    return events_from(smoothed, times, threshold, refractory_s)
 
 
 def threshold_for_fah(

@@ -82,13 +82,18 @@ def logmel(samples: np.ndarray, cfg: FeatureParams, rate: int) -> np.ndarray:
     return result
 
 
+def to_pcm_bytes(samples: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] as the little-endian 16-bit PCM a device's ADC delivers."""
+    return np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2").tobytes()
+
+
 def micro(samples: np.ndarray, rate: int) -> np.ndarray:
     """The TFLite Micro front end over 16-bit PCM, (frames, 40) float32, fresh state."""
     from pymicro_features import MicroFrontend
 
     if rate != 16000:
         raise ValueError(f"the micro_speech front end needs 16 kHz audio, got {rate} Hz")
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2").tobytes()
+    pcm = to_pcm_bytes(samples)
     frontend = MicroFrontend()
     frames: list[list[float]] = []
     chunk = 2 * rate * MICRO_STEP_MS // 1000

@@ -82,5 +82,13 @@ class Layout:
         return self.data / "calibration"
 
     @property
+    def evaluate(self) -> Path:
+        return self.data / "evaluate"
+
+    @property
+    def mine(self) -> Path:
+        return self.data / "mine"
+
+    @property
     def assignment(self) -> Path:
         return self.split / "assignment.csv"

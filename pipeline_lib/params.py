@@ -61,6 +61,7 @@ class BackgroundParams(_Strict):
     train_minutes: Annotated[float, Field(ge=0)]
     val_minutes: Annotated[float, Field(ge=0)]
     test_minutes: Annotated[float, Field(ge=0)]
+    mine_minutes: Annotated[float, Field(ge=0)]  # a pool for hard-negative mining, in no split
     stream_minutes: Annotated[float, Field(gt=0, le=60)]
     speech_share: Annotated[float, Field(ge=0, le=1)]
     confusable_share: Annotated[float, Field(ge=0, le=1)]
@@ -103,6 +104,8 @@ class SourceBase(_Strict):
     label_map: dict[str, str] = {}
     default_label: str | None = None
     role: Role = "clip"
+    split: SplitName | None = None  # pin every item to this split (mined hard negatives: train)
+    optional: bool = False  # a missing root lists nothing instead of failing
 
 
 class FolderSource(SourceBase):
@@ -325,6 +328,41 @@ class CalibrateParams(_Strict):
         return self.presets[self.preset]
 
 
+class ExtraSet(_Strict):
+    """A user test set the pipeline never trained on: long recordings that never hold the
+    target (``streams``: false alarms per hour) or class folders of clips (``clips``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    kind: Literal["streams", "clips"]
+    root: Path
+    label_map: dict[str, str] = {}
+
+
+class EvaluateParams(_Strict):
+    """What the evaluate stage measures, beyond the test split it always uses."""
+
+    background_splits: Annotated[list[SplitName], Field(min_length=1)]
+    fah_targets: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+    recall_targets: list[Annotated[float, Field(gt=0, le=1)]]
+    fixed_thresholds: list[Annotated[float, Field(gt=0, lt=1)]]
+    positive_gap_s: Annotated[float, Field(gt=0)]
+    tolerance_s: Annotated[float, Field(ge=0)]
+    worst: Annotated[int, Field(ge=0, le=50)]
+    extra: list[ExtraSet]
+
+
+class MineParams(_Strict):
+    """Hard-negative mining: audio that never holds the target, scanned by the current model."""
+
+    audio: Annotated[list[Path], Field(min_length=1)]
+    threshold: Annotated[float, Field(gt=0, lt=1)]
+    pad_s: Annotated[float, Field(ge=0, le=2)]
+    dedup_similarity: Annotated[float, Field(gt=0, le=1)]
+    max_candidates: Annotated[int, Field(ge=1)]
+    label: str
+    accept_root: Path
+
+
 class SplitParams(_Strict):
     """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
 
@@ -358,6 +396,8 @@ class Params(_Strict):
     model: ModelParams
     train: TrainParams
     calibrate: CalibrateParams
+    evaluate: EvaluateParams
+    mine: MineParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -369,6 +409,7 @@ class Params(_Strict):
         named = [
             ("ingest.allow_silent_labels", self.ingest.allow_silent_labels),
             ("augment.background_labels", self.augment.background_labels),
+            ("mine.label", [self.mine.label]),
         ]
         named += [(f"task.classes.{c}", labs) for c, labs in self.task.classes.items()]
         for key, values in named:

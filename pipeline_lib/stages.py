@@ -52,6 +52,18 @@ def _calibrate(params: Params, layout: Layout) -> Any:
     return run_calibrate(params, layout)
 
 
+def _evaluate(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.evaluate import run_evaluate
+
+    return run_evaluate(params, layout)
+
+
+def _mine(params: Params, layout: Layout) -> Any:
+    from pipeline_lib.mine import run_mine
+
+    return run_mine(params, layout)
+
+
 STAGES: dict[str, Callable[[Params, Layout], Any]] = {
     "demo": _demo,
     "ingest": _ingest,
@@ -60,6 +72,8 @@ STAGES: dict[str, Callable[[Params, Layout], Any]] = {
     "extract": _extract,
     "train": _train,
     "calibrate": _calibrate,
+    "evaluate": _evaluate,
+    "mine": _mine,
 }
 
 

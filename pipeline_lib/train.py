@@ -32,6 +32,7 @@ from pipeline_lib import detector
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
+from pipeline_lib.metrics import pauc
 from pipeline_lib.modelio import ModelSpec, load_model, logits, save_model
 from pipeline_lib.models import build, count_params_macs
 from pipeline_lib.params import Params
@@ -70,24 +71,6 @@ class History:
     best_epoch: int = -1
     bad_epochs: int = 0
     rows: list[dict[str, float]] = field(default_factory=list)
-
-
-def pauc(scores: np.ndarray, positive: np.ndarray, max_fpr: float) -> float:
-    """Area under the ROC curve up to ``max_fpr``, divided by ``max_fpr`` (1.0 is perfect)."""
-    pos, neg = int(positive.sum()), int((~positive).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    tp = np.concatenate([[0], np.cumsum(positive[order])]) / pos
-    fp = np.concatenate([[0], np.cumsum(~positive[order])]) / neg
-    keep = fp <= max_fpr
-    fpr_c, tpr_c = fp[keep], tp[keep]
-    last = np.flatnonzero(keep)[-1]
-    if last + 1 < fp.size:  # close the area exactly at max_fpr
-        f0, f1, t0, t1 = fp[last], fp[last + 1], tp[last], tp[last + 1]
-        tpr_c = np.append(tpr_c, t0 + (t1 - t0) * (max_fpr - f0) / max(f1 - f0, 1e-12))
-        fpr_c = np.append(fpr_c, max_fpr)
-    return float(np.trapezoid(tpr_c, fpr_c) / max_fpr)
 
 
 def _fingerprint(params: Params, folder: Path) -> str:

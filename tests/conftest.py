@@ -57,3 +57,39 @@ def make_project(tmp_path: Path) -> Callable[[dict[str, Any]], tuple[Params, Lay
         return parse_params(raw), Layout(root)
 
     return make
+
+
+def tiny_model(folder: Path, front_end: str = "micro", seed: int = 0) -> Path:
+    """An untrained TC-ResNet8 model folder with a real spec: scores are arbitrary but
+    deterministic, which is all the streaming and scoring tests need."""
+    import torch
+
+    from pipeline_lib.modelio import ModelSpec, save_model
+    from pipeline_lib.models import build, count_params_macs
+
+    raw = shipped_params()
+    feats = dict(raw["features"]) | {"front_end": front_end, "window_s": 0.5}
+    torch.manual_seed(seed)
+    frames, bins = 48, 40
+    net = build("tcresnet8", 2, frames, bins).eval()
+    n_params, macs = count_params_macs(net, frames, bins)
+    spec = ModelSpec(
+        arch="tcresnet8",
+        classes={"other": ["confusable"], "target": ["target"]},
+        frames=frames,
+        bins=bins,
+        rate=16000,
+        features=feats,
+        norm_mean=[0.0] * bins,
+        norm_std=[1.0] * bins,
+        params=n_params,
+        macs=macs,
+        options={},
+    )
+    save_model(folder, net, spec)
+    return folder
+
+
+def calibration_dict(threshold: float = 0.5, smoothing: int = 2) -> dict[str, Any]:
+    rule = {"hop_frames": 10, "smoothing": smoothing, "threshold": threshold, "refractory_s": 2.0}
+    return {"temperature": 1.0, "preset": "balanced", "presets": {"balanced": rule}}

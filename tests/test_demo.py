@@ -28,6 +28,7 @@ def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
         "train_minutes": 0,
         "val_minutes": 0.1,
         "test_minutes": 0.2,
+        "mine_minutes": 0.2,
         "stream_minutes": 0.1,
     }
     return raw

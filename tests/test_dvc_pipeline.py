@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -26,6 +27,7 @@ def tiny(raw: dict[str, Any]) -> dict[str, Any]:
     raw["augment"] |= {"views": 1, "stream_windows": 50}
     raw["train"] |= {"epochs": 2, "batch_size": 16}
     raw["model"] = {"arch": "tcresnet8", "options": {}}
+    raw["mine"] |= {"threshold": 0.01, "max_candidates": 5}
     raw["validate"] |= {
         "stream_min_duration_s": 5,
         "min_clips_per_label": 10,
@@ -69,6 +71,9 @@ class Project:
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+ALL = ("demo", "ingest", "validate", "split", "extract", "train", "calibrate", "evaluate", "mine")
+
+
 def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
@@ -93,11 +98,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 def test_repro_builds_then_does_nothing(project: Project) -> None:
     code, out = project.repro()
-    assert ran(out) == {"demo", "ingest", "validate", "split", "extract", "train", "calibrate"}
+    assert ran(out) == set(ALL)
     layout = Layout(project.root)
     assert layout.assignment.is_file() and layout.gate.is_file()
     assert (project.root / "metrics" / "split.json").is_file()
     assert (layout.calibration / "calibration.json").is_file()
+    assert (layout.evaluate / "report.html").is_file()
+    assert (project.root / "metrics" / "evaluate.json").is_file()
+    assert (layout.mine / "candidates.csv").is_file()
     code, out = project.repro()
     assert code == 0 and ran(out) == set()
     project.run("dvc", "push", "-q")
@@ -111,14 +119,17 @@ def test_params_rerun_only_their_stages(project: Project) -> None:
     _, out = project.repro()
     assert ran(out) == {"validate"}  # the gate still passes for the same manifest
     project.edit("calibrate", "smoothing", [1, 3])
+    _, out = project.repro()  # evaluate and mine follow only if calibration.json changed
+    assert {"calibrate"} <= ran(out) <= {"calibrate", "evaluate", "mine"}
+    project.edit("evaluate", "worst", 3)
     _, out = project.repro()
-    assert ran(out) == {"calibrate"}
+    assert ran(out) == {"evaluate"}
     project.edit("split", "salt", "another")
     _, out = project.repro()
-    assert ran(out) == {"split", "extract", "train", "calibrate"}
+    assert ran(out) == set(ALL[3:])
     project.edit("ingest", "normalize_peak_dbfs", -3.0)
     _, out = project.repro()
-    assert ran(out) == {"ingest", "validate", "split", "extract", "train", "calibrate"}
+    assert ran(out) == set(ALL[1:])
 
 
 def test_gate_failure_stops_the_pipeline(project: Project) -> None:
@@ -131,3 +142,21 @@ def test_gate_failure_stops_the_pipeline(project: Project) -> None:
     project.edit("validate", "min_clips_per_label", 10)
     code, _ = project.repro()
     assert code == 0
+
+
+def test_mine_accept_then_repro_trains_on_hard_negatives(project: Project) -> None:
+    project.repro()
+    layout = Layout(project.root)
+    mined = pd.read_csv(layout.mine / "candidates.csv", dtype={"id": str})
+    assert len(mined) >= 1 and mined["model_hash"].nunique() == 1
+    project.run("soundops", "mine", "accept")
+    folder = project.root / "data" / "raw" / "hard_negatives"
+    assert sorted(p.stem for p in (folder / "confusable").glob("*.wav")) == sorted(mined["id"])
+    assert (project.root / "data" / "raw" / "hard_negatives.dvc").is_file()
+    _, out = project.repro()
+    assert ran(out) >= {"ingest", "validate", "split", "extract", "train", "calibrate"}
+    manifest = pd.read_csv(layout.manifest, dtype=str, keep_default_na=False)
+    hard = manifest[manifest["source"] == "hard_negatives"]
+    assert len(hard) == len(mined) and set(hard["label"]) == {"confusable"}
+    split = pd.read_csv(layout.assignment, dtype=str).set_index("id")["split"]
+    assert set(split[hard["id"]]) == {"train"}  # mined audio never lands in val or test

@@ -229,9 +229,10 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
             ("train", bg.train_minutes),
             ("val", bg.val_minutes),
             ("test", bg.test_minutes),
+            ("mine", bg.mine_minutes),  # the mining pool: written, but in no manifest row
         ):
             count = math.ceil(minutes / bg.stream_minutes) if minutes > 0 else 0
-            offset = {"train": 0, "val": 1000, "test": 2000}[split]
+            offset = {"train": 0, "val": 1000, "test": 2000, "mine": 3000}[split]
             jobs.extend(
                 StreamJob(split, offset + i, minutes * 60 / count, params.seed, out, demo, texts)
                 for i in range(count)
@@ -249,7 +250,7 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
             chunksize=1,
             unit="batch",
         )
-        rows = [row for batch in batches for row in batch]
+        rows = [row for batch in batches for row in batch if row["split"] != "mine"]
         frame = pd.DataFrame(
             rows, columns=["path", "label", "group", "split", "role", "voice", "text"]
         )
@@ -267,6 +268,7 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
                     ("train", bg.train_minutes),
                     ("val", bg.val_minutes),
                     ("test", bg.test_minutes),
+                    ("mine", bg.mine_minutes),
                 )
             },
         }

@@ -8,9 +8,11 @@ keep a group inside one split.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline_lib.params import Source
+from pipeline_lib.paths import project_path
 from pipeline_lib.sources.base import Listing, SourceItem
 from pipeline_lib.sources.corpora import (
     list_drone,
@@ -36,8 +38,17 @@ LISTERS: dict[str, Lister] = {
 def list_source(
     source: Source, project_root: Path, labels: list[str], extensions: list[str]
 ) -> Listing:
-    """List one source's items; relative paths in its params resolve against the project."""
-    return LISTERS[source.kind](source, project_root, labels, extensions)
+    """List one source's items; relative paths in its params resolve against the project.
+
+    An ``optional`` source whose root does not exist lists nothing (the hard-negative folder
+    before the first ``soundops mine accept``); a source with ``split`` pins all its items.
+    """
+    if source.optional and not project_path(project_root, source.root).exists():
+        return Listing()
+    listing = LISTERS[source.kind](source, project_root, labels, extensions)
+    if source.split is not None:
+        listing.items = [replace(i, fixed_split=source.split) for i in listing.items]
+    return listing
 
 
 __all__ = ["LISTERS", "Listing", "SourceItem", "list_source"]

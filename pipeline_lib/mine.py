@@ -1,0 +1,278 @@
+"""mine stage and ``soundops mine accept``: hard negatives from target-free audio.
+
+The current model scans long recordings that never hold the target (``mine.audio``); every
+run of windows scoring at or above ``mine.threshold`` becomes one candidate (its best
+window plus ``pad_s`` either side), near-duplicates are merged by feature similarity and the
+best ``max_candidates`` are written as clips with a manifest (source, offset, score, model
+hash) and a page to listen to them. Accepting copies chosen candidates into a folder that
+the ``hard_negatives`` source reads, pinned to the train split, and tracks it with DVC, so
+the next ``dvc repro`` retrains on them and no mined audio ever reaches validation or test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from pipeline_lib import features, report
+from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.audio import resample
+from pipeline_lib.errors import SoundopsError
+from pipeline_lib.layout import Layout
+from pipeline_lib.modelio import load_model
+from pipeline_lib.params import Params
+from pipeline_lib.paths import project_path
+from pipeline_lib.scorers import TorchScorer
+from pipeline_lib.sources.base import audio_files
+from pipeline_lib.streaming import Calibration, score_file
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = "candidates.csv"
+
+
+@dataclass
+class Candidate:
+    source: Path
+    offset_s: float
+    duration_s: float
+    score: float
+    audio: np.ndarray
+
+
+def runs_above(scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Index ranges [a, b) of consecutive windows at or above ``threshold``: overlapping
+    windows of one sound are one run, so one candidate."""
+    above = np.r_[False, scores >= threshold, False]
+    edges = np.flatnonzero(np.diff(above.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def dedupe(feats: list[np.ndarray], scores: list[float], similarity: float) -> list[int]:
+    """Indices to keep, best score first; a candidate whose features are within
+    ``similarity`` (cosine) of a kept one is a near-duplicate and dropped."""
+    if not feats:
+        return []
+    flat = np.stack([f.ravel() - f.mean() for f in feats])
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True) + 1e-9
+    kept: list[int] = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if not kept or float((flat[kept] @ flat[i]).max()) < similarity:
+            kept.append(int(i))
+    return kept
+
+
+def _mining_files(params: Params, layout: Layout) -> list[Path]:
+    files: list[Path] = []
+    for i, entry in enumerate(params.mine.audio):
+        path = project_path(layout.root, entry)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files.extend(audio_files(path, params.ingest.extensions))
+        else:
+            raise SoundopsError(f"mine.audio[{i}]: {entry} does not exist.")
+    if not files:
+        raise SoundopsError("mine.audio: no audio files found to mine.")
+    return files
+
+
+def model_hash(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
+    """The mine stage: ``data/mine`` (clips, ``candidates.csv``, ``review.html``)."""
+    model, spec = load_model(layout.model)
+    scorer = TorchScorer(model, spec)
+    cal = Calibration.load(layout.calibration / "calibration.json")
+    mp = params.mine
+    rate, window_s = spec.rate, spec.frames * 0.01
+    files = _mining_files(params, layout)
+    found: list[Candidate] = []
+    seconds = 0.0
+    for path in tqdm(files, desc="mine", unit="file"):
+        fs = score_file(path, scorer, cal)
+        seconds += fs.duration_s
+        sc = fs.scored
+        for a, b in runs_above(sc.scores, mp.threshold):
+            best = a + int(np.argmax(sc.scores[a:b]))
+            start = max(0.0, float(sc.times[best]) - window_s - mp.pad_s)
+            end = min(fs.duration_s, float(sc.times[best]) + mp.pad_s)
+            src_rate = _rate(path)
+            data, _ = sf.read(
+                str(path),
+                start=int(start * src_rate),
+                stop=int(end * src_rate),
+                dtype="float32",
+                always_2d=True,
+            )
+            audio = resample(np.ascontiguousarray(data.mean(axis=1)), src_rate, rate)
+            found.append(Candidate(path, start, end - start, float(sc.scores[best]), audio))
+    feats = [features.compute(c.audio, spec.feature_params, rate) for c in found]
+    distinct = dedupe(feats, [c.score for c in found], mp.dedup_similarity)
+    keep = distinct[: mp.max_candidates]
+    digest = model_hash(layout.model)
+    rows = []
+    with atomic_path(layout.mine) as out:
+        (out / "clips").mkdir(parents=True)
+        for i in keep:
+            c = found[i]
+            rel_src = _rel(c.source, layout.root)
+            cid = hashlib.sha256(f"{rel_src}:{c.offset_s:.3f}".encode()).hexdigest()[:16]
+            sf.write(str(out / "clips" / f"{cid}.wav"), c.audio, rate, subtype="PCM_16")
+            rows.append(
+                {
+                    "id": cid,
+                    "path": f"clips/{cid}.wav",
+                    "source": rel_src,
+                    "offset_s": round(c.offset_s, 3),
+                    "duration_s": round(c.duration_s, 3),
+                    "score": round(c.score, 5),
+                    "model_hash": digest,
+                }
+            )
+        frame = pd.DataFrame(
+            rows, columns=["id", "path", "source", "offset_s", "duration_s", "score", "model_hash"]
+        ).sort_values("score", ascending=False)
+        write_csv(out / CANDIDATES, frame)
+        _review_page(out, frame, rate)
+    summary = {
+        "hours_scanned": round(seconds / 3600, 4),
+        "files": len(files),
+        "windows_runs": len(found),
+        "candidates": len(keep),
+        "near_duplicates": len(found) - len(distinct),
+        "threshold": mp.threshold,
+        "model_hash": digest,
+    }
+    write_json(layout.metrics / "mine.json", summary)
+    log.info(
+        "mine: %.2f h scanned, %d run(s) above %.2f, %d candidate(s) after merging "
+        "near-duplicates; review data/mine/review.html, then `soundops mine accept`",
+        summary["hours_scanned"],
+        len(found),
+        mp.threshold,
+        len(keep),
+    )
+    return summary
+
+
+def _rate(path: Path) -> int:
+    return int(sf.info(str(path)).samplerate)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _review_page(out: Path, frame: pd.DataFrame, rate: int, limit: int = 100) -> None:
+    rows = [
+        {
+            "id": r.id,
+            "score": r.score,
+            "source": r.source,
+            "offset_s": r.offset_s,
+            "audio": report.audio_tag(sf.read(str(out / str(r.path)), dtype="float32")[0], rate),
+        }
+        for r in frame.head(limit).itertuples()
+    ]
+    body = report.table(pd.DataFrame(rows), ["audio"]) if rows else "<p>No candidates.</p>"
+    intro = (
+        f"<p>{len(frame)} candidate hard negatives, best first (the first {limit} shown). "
+        "Accept all with <code>soundops mine accept</code>, or leave some out with "
+        "<code>--exclude ID</code> or <code>--min-score S</code>. A candidate that really "
+        "holds the target must not be accepted.</p>"
+    )
+    (out / "review.html").write_text(
+        report.page("soundops: mined candidates", [("Candidates", body)], intro), encoding="utf-8"
+    )
+
+
+def accept(
+    params: Params,
+    layout: Layout,
+    min_score: float = 0.0,
+    exclude: frozenset[str] = frozenset(),
+    track: bool = True,
+) -> dict[str, Any]:
+    """Copy accepted candidates into ``mine.accept_root/<label>/`` and ``dvc add`` it."""
+    table = layout.mine / CANDIDATES
+    if not table.is_file():
+        raise SoundopsError(f"{table}: not found; run the mine stage first (dvc repro mine).")
+    frame = pd.read_csv(table, dtype={"id": str})
+    unknown = sorted(exclude - set(frame["id"]))
+    if unknown:
+        raise SoundopsError(f"--exclude: candidate id(s) {', '.join(unknown)} not in {table}.")
+    chosen = frame[(frame["score"] >= min_score) & ~frame["id"].isin(exclude)]
+    if chosen.empty:
+        raise SoundopsError(f"{table}: no candidate is left to accept.")
+    root = project_path(layout.root, params.mine.accept_root)
+    if not _is_hard_negative_source(params, layout, root):
+        raise SoundopsError(
+            f"mine.accept_root: {params.mine.accept_root} is not the root of any folder source in "
+            "ingest.sources; accepted clips would never be trained on."
+        )
+    dest = root / params.mine.label
+    before = len(list(dest.glob("*.wav"))) if dest.is_dir() else 0
+    staging = root.parent / f".{root.name}.accepting"
+    shutil.rmtree(staging, ignore_errors=True)
+    if root.exists():
+        shutil.copytree(root, staging)
+    (staging / params.mine.label).mkdir(parents=True, exist_ok=True)
+    for r in chosen.itertuples():
+        shutil.copyfile(layout.mine / str(r.path), staging / params.mine.label / f"{r.id}.wav")
+    log_path = staging / "accepted.csv"
+    old = pd.read_csv(log_path, dtype={"id": str}) if log_path.is_file() else None
+    merged = pd.concat([old, chosen]) if old is not None else chosen
+    write_csv(log_path, merged.drop_duplicates("id", keep="last").sort_values("id"))
+    if root.exists():
+        shutil.rmtree(root)
+    staging.rename(root)
+    after = len(list(dest.glob("*.wav")))
+    tracked = _dvc_add(layout, root) if track else False
+    log.info(
+        "mine accept: %d candidate(s) accepted, %s now holds %d clip(s) (%d new)%s",
+        len(chosen),
+        dest.relative_to(layout.root) if dest.is_relative_to(layout.root) else dest,
+        after,
+        after - before,
+        "; tracked with DVC: commit the .dvc file, then `dvc repro`" if tracked else "",
+    )
+    return {"accepted": len(chosen), "clips": after, "new": after - before, "tracked": tracked}
+
+
+def _is_hard_negative_source(params: Params, layout: Layout, root: Path) -> bool:
+    return any(
+        s.kind == "folder" and project_path(layout.root, s.root).resolve() == root.resolve()
+        for s in params.ingest.sources
+    )
+
+
+def _dvc_add(layout: Layout, folder: Path) -> bool:
+    """``dvc add`` the folder when the project is a DVC repository (``.dvc/`` exists)."""
+    if not (layout.root / ".dvc").is_dir():
+        return False
+    exe = shutil.which("dvc")
+    if exe is None:
+        raise SoundopsError("dvc: command not found; install the project (make setup).")
+    rel = folder.resolve().relative_to(layout.root.resolve()).as_posix()
+    done = subprocess.run(
+        [exe, "add", "--quiet", rel], cwd=layout.root, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SoundopsError(f"dvc add {rel} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return True

@@ -1,0 +1,49 @@
+"""The event-counting rules of the streaming detector, pinned on constructed score streams."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline_lib import detector, metrics
+from pipeline_lib.detector import EventState
+
+HOP_S = 0.1
+HOUR = 36000  # windows in one hour at a 0.1 s hop
+
+
+def _times(n: int) -> np.ndarray:
+    return (np.arange(n) + 1) * HOP_S
+
+
+def test_three_separate_bursts_in_an_hour_are_three_false_alarms() -> None:
+    s = np.zeros(HOUR)
+    for start in (1000, 9000, 30000):
+        s[start : start + 4] = 0.9
+    events = detector.detect(s, _times(HOUR), 0.5, 2.0)
+    assert [round(t, 1) for t, _ in events] == [100.1, 900.1, 3000.1]
+    assert metrics.fah(len(events), 1.0)["fah"] == 3.0
+
+
+def test_one_long_burst_is_one_false_alarm() -> None:
+    s = np.zeros(HOUR)
+    s[5000:5600] = 0.95  # a minute above threshold: thirty refractory times, one event
+    assert len(detector.detect(s, _times(HOUR), 0.5, 2.0)) == 1
+
+
+def test_a_crossing_inside_the_refractory_time_is_not_an_event() -> None:
+    s = np.zeros(200)
+    s[[10, 20, 60]] = 0.9  # 1 s after the first, then 5 s after it
+    events = detector.detect(s, _times(200), 0.5, 2.0)
+    assert [round(t, 1) for t, _ in events] == [1.1, 6.1]
+
+
+def test_state_carries_across_pieces() -> None:
+    rng = np.random.default_rng(3)
+    s = (rng.random(5000) > 0.97).astype(float) * rng.uniform(0.5, 1.0, 5000)
+    t = _times(s.size)
+    whole = detector.detect(s, t, 0.6, 2.0)
+    state, pieces = EventState(), []
+    edges = np.sort(rng.choice(np.arange(1, s.size), 40, replace=False))
+    for a, b in zip(np.r_[0, edges], np.r_[edges, s.size], strict=True):
+        pieces += detector.events_from(s[a:b], t[a:b], 0.6, 2.0, state)
+    assert pieces == whole and len(whole) > 10
