@@ -107,7 +107,12 @@ def sweep(
                 "frr": round(1 - ev.recall, 5),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # Below the threshold of most false alarms, scores sit above the threshold for long
+    # stretches and upward crossings get rarer: fewer "events" and fewer hits. That branch
+    # is no operating point anyone would pick; the DET curve is the branch above it.
+    peak = int(np.argmax(frame["fah"].to_numpy()))  # rows are in rising threshold order
+    return frame.iloc[peak:].reset_index(drop=True)
 
 
 def _events(scored: Scored, thr: float, refractory_s: float) -> list[tuple[float, float]]:

@@ -48,7 +48,7 @@ def test_deterministic_whatever_the_workers(tmp_path: Path, raw_params: dict[str
     raw["runtime"]["workers"] = 2
     generate_demo(parse_params(raw), Layout(tmp_path / "b"))
     a, b = _digest(tmp_path / "a" / "data" / "demo"), _digest(tmp_path / "b" / "data" / "demo")
-    assert a == b and len(a) == 24 + 3 + 2
+    assert a == b and len(a) == 24 + 3 + 2 + 2  # clips, streams, mining pool, tables
 
 
 def test_corpus_content(tmp_path: Path, raw_params: dict[str, Any]) -> None:

@@ -1,0 +1,83 @@
+"""The DET sweep and its operating points on constructed score streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline_lib.errors import SoundopsError
+from pipeline_lib.evaluate import (
+    Recording,
+    _extra_clips,
+    _extra_streams,
+    fah_at_recall,
+    frr_at_fah,
+    sweep,
+)
+from pipeline_lib.scorers import load_scorer
+from pipeline_lib.streaming import Calibration, Scored
+from tests.conftest import calibration_dict, tiny_model, tone, write_audio
+
+HOP = 0.1
+
+
+def _scored(s: np.ndarray) -> Scored:
+    t = (np.arange(s.size) + 1) * HOP
+    return Scored(t, s, s, [])
+
+
+def test_sweep_finds_the_operating_points() -> None:
+    bg = np.full(36000, 0.01)  # one hour
+    bg[[1000, 5000, 9000, 20000]] = [0.6, 0.7, 0.8, 0.9]  # four confusions of rising score
+    rec = Recording("bg", "demo", Path("bg.flac"), 3600.0, _scored(bg))
+    pos = np.full(1000, 0.01)
+    spans = [(10.0 * i + 5, 10.0 * i + 6) for i in range(9)]
+    for i, (on, _) in enumerate(spans):
+        pos[int(on / HOP) + 3] = 0.5 + 0.05 * i  # positives score 0.50 .. 0.90
+    curve = sweep([rec], _scored(pos), spans, 2.0, 1.5, 0.5)
+    assert curve["fah"].is_monotonic_decreasing and curve["frr"].is_monotonic_increasing
+    at1 = frr_at_fah(curve, 1.0)  # one false alarm allowed: threshold above 0.8
+    assert at1["fah"] == 1.0 and 0.8 < at1["threshold"] <= 0.9
+    assert at1["frr"] == round(1 - 2 / 9, 5)  # the 0.85 and 0.90 positives are left
+    zero = fah_at_recall(curve, 1.0)  # every positive found: threshold at or under 0.5
+    assert zero["threshold"] <= 0.5 and zero["fah"] == 4.0
+
+
+def test_user_test_sets_are_measured(
+    tmp_path: Path, make_project: Any, raw_params: dict[str, Any]
+) -> None:
+    raw_params["evaluate"]["extra"] = [
+        {"name": "kitchen", "kind": "streams", "root": "data/raw/kitchen"},
+        {
+            "name": "field",
+            "kind": "clips",
+            "root": "data/raw/field",
+            "label_map": {"wake": "target"},
+        },
+        {"name": "gone", "kind": "streams", "root": "data/raw/nowhere"},
+    ]
+    params, layout = make_project(raw_params)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_audio(
+            layout.raw / "kitchen" / f"k{i}.wav", 0.1 * rng.standard_normal(16000 * 30), 16000
+        )
+    for label, n in (("wake", 3), ("confusable", 4)):
+        for i in range(n):
+            write_audio(
+                layout.raw / "field" / label / f"{i}.wav", tone(1.0, 16000, 300 + 40 * i), 16000
+            )
+    scorer = load_scorer(tiny_model(tmp_path / "m"))
+    cal = Calibration.from_dict(calibration_dict(threshold=0.5))
+    kitchen, field, gone = params.evaluate.extra
+    out = _extra_streams(kitchen, layout, params, scorer, cal)
+    assert out["files"] == 2 and out["hours"] == round(60 / 3600, 4)
+    assert out["fah_hi"] >= out["fah"] >= out["fah_lo"] >= 0
+    clips = _extra_clips(field, layout, params, scorer, cal, np.zeros(16000, np.float32))
+    assert clips["clips"] == 7 and clips["events"] == 3
+    assert 0 <= clips["recall"] <= 1 and 0 <= clips["false_accept_rate"] <= 1
+    with pytest.raises(SoundopsError, match=r"evaluate.extra 'gone': root .* does not exist"):
+        _extra_streams(gone, layout, params, scorer, cal)
