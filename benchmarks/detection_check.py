@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline_lib import detector
+from pipeline_lib import detector, metrics
 from pipeline_lib.calibrate import recall_on, split_audio
 from pipeline_lib.layout import Layout
 from pipeline_lib.modelio import load_model
@@ -35,10 +35,8 @@ def main() -> None:
     )
     for name, rule in cal["presets"].items():
         k, thr = rule["smoothing"], rule["threshold"]
-        fa = sum(
-            len(detector.detect(detector.smooth(s, k), t, thr, cal["refractory_s"]))
-            for s, t in zip(audio.background.scores, audio.background.times, strict=True)
-        )
+        smoothed = [detector.smooth(s, k) for s in audio.background.scores]
+        fa = metrics.count_events(smoothed, audio.background.times, thr, cal["refractory_s"])
         ps, pt = audio.positive_scores
         rec = recall_on(
             detector.smooth(ps, k),

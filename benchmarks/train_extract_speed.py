@@ -32,21 +32,19 @@ def train_speed(
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, 148, 40, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    for _ in range(2):  # warm-up
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(2)  # warm-up
     start = time.perf_counter()
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    run(steps)
     return batch * steps / (time.perf_counter() - start)
 
 

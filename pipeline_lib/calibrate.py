@@ -20,7 +20,7 @@ import soundfile as sf
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from pipeline_lib import detector, features
+from pipeline_lib import detector, features, metrics
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.extract import load_split_manifest
@@ -150,6 +150,18 @@ def recall_on(
     return hits / len(spans)
 
 
+def split_positive_stream(
+    frame: pd.DataFrame, layout: Layout, params: Params, split: str, rate: int, gap_s: float
+) -> PositiveStream:
+    """A split's event clips inserted into that split's background recordings."""
+    clips = frame[(frame["role"] == "clip") & (frame["split"] == split)].sort_values("id")
+    events = clips[clips["label"].map(params.task.class_of).fillna(0).astype(int) != 0]
+    streams = frame[(frame["role"] == "stream") & (frame["split"] == split)].sort_values("id")
+    audio = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in events["path"]]
+    bed = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in streams["path"]]
+    return insert_positives(bed, audio, rate, gap_s)
+
+
 @dataclass
 class SplitAudio:
     background: StreamScores
@@ -179,11 +191,9 @@ def split_audio(
         np.load(feat_dir / "streams" / f"{sid}.npy", allow_pickle=False) for sid in streams["id"]
     ]
     bg = score_streams(model, spec, bg_feats, hop, temperature, float(streams["duration_s"].sum()))
-    clips = frame[(frame["role"] == "clip") & (frame["split"] == split)].sort_values("id")
-    events = clips[clips["label"].map(params.task.class_of).fillna(0).astype(int) != 0]
-    audio = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in events["path"]]
-    bed = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in streams["path"]]
-    pos = insert_positives(bed, audio, spec.rate, params.calibrate.positive_gap_s)
+    pos = split_positive_stream(
+        frame, layout, params, split, spec.rate, params.calibrate.positive_gap_s
+    )
     pos_feats = features.compute(pos.audio, spec.feature_params, spec.rate)
     lg, t = detector.window_logits(model, spec, pos_feats, hop)
     return SplitAudio(bg, pos, (detector.event_probability(lg, temperature), t))
@@ -199,10 +209,7 @@ def choose_rule(
         thr = detector.threshold_for_fah(
             bg, audio.background.times, audio.background.hours, target_fah, cal.refractory_s
         )
-        fa = sum(
-            len(detector.detect(s, t, thr, cal.refractory_s))
-            for s, t in zip(bg, audio.background.times, strict=True)
-        )
+        fa = metrics.count_events(bg, audio.background.times, thr, cal.refractory_s)
         ps, pt = audio.positive_scores
         rec = recall_on(
             detector.smooth(ps, k),

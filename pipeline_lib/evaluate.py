@@ -21,10 +21,10 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from pipeline_lib import metrics, report
+from pipeline_lib import detector, metrics, report
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
 from pipeline_lib.audio import read_audio, resample
-from pipeline_lib.calibrate import insert_positives, reliability, softmax
+from pipeline_lib.calibrate import reliability, softmax, split_positive_stream
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.extract import load_split_manifest
 from pipeline_lib.layout import Layout
@@ -61,15 +61,11 @@ def _score_recordings(
 def _positive_stream(
     frame: pd.DataFrame, layout: Layout, params: Params, scorer: Scorer, cal: Calibration
 ) -> tuple[np.ndarray, list[tuple[float, float]], Scored]:
-    """Test positives inserted into test background every ``positive_gap_s`` seconds."""
-    clips = frame[(frame["role"] == "clip") & (frame["split"] == "test")].sort_values("id")
-    events = clips[clips["label"].map(params.task.class_of).fillna(0).astype(int) != 0]
-    streams = frame[(frame["role"] == "stream") & (frame["split"] == "test")].sort_values("id")
-    audio = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in events["path"]]
-    bed = [sf.read(str(layout.ingest / p), dtype="float32")[0] for p in streams["path"]]
-    pos = insert_positives(bed, audio, scorer.spec.rate, params.evaluate.positive_gap_s)
+    """Test positives inserted into test background, through the streaming detector."""
+    rate = scorer.spec.rate
+    pos = split_positive_stream(frame, layout, params, "test", rate, params.evaluate.positive_gap_s)
     det = StreamingDetector(scorer, cal)
-    block = 30 * scorer.spec.rate
+    block = 30 * rate
     parts = [det.push(pos.audio[i : i + block]) for i in range(0, pos.audio.size, block)]
     return pos.audio, pos.spans, Scored.join(parts)
 
@@ -116,8 +112,6 @@ def sweep(
 
 
 def _events(scored: Scored, thr: float, refractory_s: float) -> list[tuple[float, float]]:
-    from pipeline_lib import detector
-
     return detector.detect(scored.smoothed, scored.times, thr, refractory_s)
 
 
@@ -137,15 +131,13 @@ def fah_at_recall(curve: pd.DataFrame, target: float) -> dict[str, float]:
     return {k: float(row[k]) for k in ("threshold", "fah", "recall")}
 
 
-def _clip_scores(
-    scorer: Scorer, cal: Calibration, layout: Layout
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def _clip_scores(scorer: Scorer, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and classes of the test clips as recorded (view 0, no augmentation)."""
     from pipeline_lib.train import Store
 
     store = Store.open(layout.features, "test")
     rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
-    raw = scorer.logits(store.batch(rows))
-    return raw, store.index["class"].to_numpy()[rows], store.index.iloc[rows]
+    return scorer.logits(store.batch(rows)), store.index["class"].to_numpy()[rows]
 
 
 def clip_figures(
@@ -267,7 +259,6 @@ def _plots(
     ax.plot(roc.fpr, roc.tpr)
     ax.plot([0, 1], [0, 1], "k:")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test clips)")
-    fig.tight_layout()
     figs["roc"] = report.figure_uri(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     c = curve[curve["fah"] > 0]
@@ -276,7 +267,6 @@ def _plots(
     ax.set_xscale("log")
     ax.set(xlabel="false alarms per hour", ylabel="false rejection rate", title="DET (streams)")
     ax.legend()
-    fig.tight_layout()
     figs["det"] = report.figure_uri(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     bins = np.linspace(0, 1, 41)
@@ -288,13 +278,11 @@ def _plots(
     ax.set_yscale("log")
     ax.set(xlabel="event probability", ylabel="clips", title="Scores by class (test clips)")
     ax.legend()
-    fig.tight_layout()
     figs["hist"] = report.figure_uri(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([0, 1], [0, 1], "k:")
     ax.plot(rel["confidence"], rel["accuracy"], "o-")
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test clips)")
-    fig.tight_layout()
     figs["reliability"] = report.figure_uri(fig)
     return figs
 
@@ -323,7 +311,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     window_s = spec.frames * 0.01
     names = list(params.task.classes)
 
-    raw, y, _ = _clip_scores(scorer, cal, layout)
+    raw, y = _clip_scores(scorer, layout)
     clips, roc, clip_score = clip_figures(raw, y, cal, names)
     _, rel = reliability(raw, y, cal.temperature)
 

@@ -105,11 +105,11 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
         fs = score_file(path, scorer, cal)
         seconds += fs.duration_s
         sc = fs.scored
+        src_rate = _rate(path)
         for a, b in runs_above(sc.scores, mp.threshold):
             best = a + int(np.argmax(sc.scores[a:b]))
             start = max(0.0, float(sc.times[best]) - window_s - mp.pad_s)
             end = min(fs.duration_s, float(sc.times[best]) + mp.pad_s)
-            src_rate = _rate(path)
             data, _ = sf.read(
                 str(path),
                 start=int(start * src_rate),

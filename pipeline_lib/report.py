@@ -26,9 +26,10 @@ audio{height:2em;vertical-align:middle}
 
 
 def figure_uri(fig: Any) -> str:
-    """A matplotlib figure as a PNG data URI (the figure is closed)."""
+    """A matplotlib figure, laid out tight, as a PNG data URI (the figure is closed)."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,71 +10,31 @@ from typing import Any
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import Params, load_params
 
-
-def _demo(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.demo.generate import generate_demo
-
-    return generate_demo(params, layout)
-
-
-def _ingest(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.ingest import run_ingest
-
-    return run_ingest(params, layout)
-
-
-def _validate(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.validate import run_validate
-
-    return run_validate(params, layout)
+# Each stage's module is imported only when that stage runs, so `soundops stage split`
+# never pays for importing torch.
+_TARGETS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline_lib.demo.generate", "generate_demo"),
+    "ingest": ("pipeline_lib.ingest", "run_ingest"),
+    "validate": ("pipeline_lib.validate", "run_validate"),
+    "split": ("pipeline_lib.split", "run_split"),
+    "extract": ("pipeline_lib.extract", "run_extract"),
+    "train": ("pipeline_lib.train", "run_train"),
+    "calibrate": ("pipeline_lib.calibrate", "run_calibrate"),
+    "evaluate": ("pipeline_lib.evaluate", "run_evaluate"),
+    "mine": ("pipeline_lib.mine", "run_mine"),
+}
 
 
-def _split(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.split import run_split
+def _lazy(module: str, attr: str) -> Callable[[Params, Layout], Any]:
+    def run(params: Params, layout: Layout) -> Any:
+        return getattr(importlib.import_module(module), attr)(params, layout)
 
-    return run_split(params, layout)
-
-
-def _extract(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.extract import run_extract
-
-    return run_extract(params, layout)
-
-
-def _train(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.train import run_train
-
-    return run_train(params, layout)
-
-
-def _calibrate(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.calibrate import run_calibrate
-
-    return run_calibrate(params, layout)
-
-
-def _evaluate(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.evaluate import run_evaluate
-
-    return run_evaluate(params, layout)
-
-
-def _mine(params: Params, layout: Layout) -> Any:
-    from pipeline_lib.mine import run_mine
-
-    return run_mine(params, layout)
+    run.__name__ = attr
+    return run
 
 
 STAGES: dict[str, Callable[[Params, Layout], Any]] = {
-    "demo": _demo,
-    "ingest": _ingest,
-    "validate": _validate,
-    "split": _split,
-    "extract": _extract,
-    "train": _train,
-    "calibrate": _calibrate,
-    "evaluate": _evaluate,
-    "mine": _mine,
+    name: _lazy(*target) for name, target in _TARGETS.items()
 }
 
 

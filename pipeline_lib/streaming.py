@@ -203,12 +203,10 @@ class StreamingDetector:
     def _decide(self, raw: np.ndarray, times: np.ndarray) -> Scored:
         scores = detector.event_probability(raw, self.cal.temperature)
         k = self.rule.smoothing
+        # The tail holds min(k - 1, windows seen) scores, so a window's position in the
+        # joined array caps its average exactly where the whole-recording average would.
         joined = np.concatenate([self._tail, scores])
-        c = np.concatenate([[0.0], np.cumsum(joined)])
-        hi = np.arange(self._tail.size + 1, joined.size + 1)
-        seen = self._count + np.arange(1, scores.size + 1)
-        width = np.minimum(seen, k)
-        smoothed = (c[hi] - c[hi - width]) / width
+        smoothed = detector.smooth(joined, k)[self._tail.size :]
         self._tail = joined[-(k - 1) :] if k > 1 else np.zeros(0)
         self._count += scores.size
         events = detector.events_from(
