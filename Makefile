@@ -52,7 +52,7 @@ bench: setup  ## benchmarks that need no real-audio folder (after make demo)
 
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+	  --python-platform x86_64-manylinux_2_28 --override overrides.txt -o requirements.lock
 
 clean:  ## remove the venv and pipeline outputs (the DVC cache and remote stay)
 	rm -rf $(VENV) data/demo data/ingest data/validate data/split

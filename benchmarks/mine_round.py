@@ -45,6 +45,8 @@ def figures(root: Path) -> dict[str, Any]:
     for f, v in ev["frr_at_fah"].items():
         out[f"FRR at FAH {f}"] = f"{v['frr']:.4f}"
     out["clip ROC-AUC"] = f"{ev['clips']['roc_auc']:.5f}"
+    mine = json.loads((root / "metrics" / "mine.json").read_text())
+    out[f"mining-pool runs above {mine['threshold']}"] = str(mine["windows_runs"])
     return out
 
 

@@ -88,9 +88,12 @@ def params_check(root: ROOT_OPT = Path()) -> None:
 @app.command()
 def score(
     audio: Annotated[list[Path], typer.Argument(help="Audio files of any length.")],
-    model: Annotated[Path, typer.Option(help="A model folder or an exported .onnx file.")] = Path(
-        "data/model"
-    ),
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A model folder, an exported .onnx file, or data/export/model_int8.tflite."
+        ),
+    ] = Path("data/model"),
     calibration: Annotated[
         Path | None,
         typer.Option(

@@ -90,5 +90,9 @@ class Layout:
         return self.data / "mine"
 
     @property
+    def export(self) -> Path:
+        return self.data / "export"
+
+    @property
     def assignment(self) -> Path:
         return self.split / "assignment.csv"

@@ -288,6 +288,14 @@ class DistillParams(_Strict):
     temperature: Annotated[float, Field(gt=0)]
 
 
+class BoostParams(_Strict):
+    """A fixed share of every batch drawn from some sources (mined hard negatives): a few
+    dozen mined clips among thousands would otherwise barely move the model."""
+
+    sources: list[str]
+    share: Annotated[float, Field(ge=0, lt=1)]
+
+
 class TrainParams(_Strict):
     epochs: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=2)]
@@ -303,6 +311,7 @@ class TrainParams(_Strict):
     pauc_max_fpr: Annotated[float, Field(gt=0, le=1)]
     deterministic: bool
     distill: DistillParams
+    boost: BoostParams
 
 
 class CalibrateParams(_Strict):
@@ -363,6 +372,45 @@ class MineParams(_Strict):
     accept_root: Path
 
 
+class McuTarget(_Strict):
+    """A microcontroller the device bundle is judged against. The budgets are what the
+    firmware leaves for the model (RAM: tensor arena plus the feature window; flash: the
+    model), not the chip's totals; latency is estimated from MACs at ``macs_per_cycle``."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+    description: str
+    mhz: Annotated[float, Field(gt=0)]
+    macs_per_cycle: Annotated[float, Field(gt=0)]
+    ram_budget_kb: Annotated[float, Field(gt=0)]
+    flash_budget_kb: Annotated[float, Field(gt=0)]
+
+
+class ExportGates(_Strict):
+    """INT8 against FP32 on the same audio; a failed gate fails the export stage."""
+
+    max_fah_increase: Annotated[float, Field(ge=0)]
+    max_recall_drop: Annotated[float, Field(ge=0, le=1)]
+    min_decision_agreement: Annotated[float, Field(ge=0, le=1)]
+    max_tflm_onnx_steps: Annotated[int, Field(ge=0)]
+
+
+class ExportParams(_Strict):
+    """INT8 artifacts for microcontrollers and the checks that they behave as FP32 does."""
+
+    representative: Annotated[int, Field(ge=16)]
+    tflm_background_minutes: Annotated[float, Field(ge=0)]
+    arena_margin_bytes: Annotated[int, Field(ge=0)]
+    gates: ExportGates
+    targets: Annotated[list[McuTarget], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> ExportParams:
+        names = [t.name for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"target names must be unique (got {names})")
+        return self
+
+
 class SplitParams(_Strict):
     """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
 
@@ -398,6 +446,7 @@ class Params(_Strict):
     calibrate: CalibrateParams
     evaluate: EvaluateParams
     mine: MineParams
+    export: ExportParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -78,6 +78,7 @@ def export_onnx(
     example = torch.zeros(1, spec.frames, spec.bins)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         torch.onnx.export(
             wrapper,
             (example,),
@@ -120,9 +121,13 @@ class OnnxScorer:
         self.spec = ModelSpec(**json.loads(meta[SPEC_KEY]))
         self.calibration = json.loads(meta[CALIBRATION_KEY]) if CALIBRATION_KEY in meta else None
         self.name = f"onnx:{path.name}"
-        self.input = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input = inp.name
+        # INT8 graphs of models that reshape with their batch size are fixed to batch 1
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
 
     def logits(self, windows: np.ndarray, chunk: int = 512) -> np.ndarray:
+        chunk = self.fixed_batch or chunk
         outs = []
         for i in range(0, len(windows), chunk):
             batch = np.ascontiguousarray(windows[i : i + chunk], dtype=np.float32)
@@ -133,12 +138,38 @@ class OnnxScorer:
 
 
 def load_scorer(path: Path) -> Scorer:
-    """A model folder or an ``.onnx`` file; a missing or unknown path is one sentence."""
+    """A model folder, an ``.onnx`` file, or an INT8 ``.tflite`` file with the export
+    stage's ``device_manifest.json`` beside it (run in TensorFlow Lite Micro); a missing or
+    unknown path is one sentence."""
     if path.is_dir():
         model, spec = load_model(path)
         return TorchScorer(model, spec, name=f"torch:{path.name}")
     if path.suffix.lower() == ".onnx" and path.is_file():
         return OnnxScorer(path)
+    if path.suffix.lower() == ".tflite" and path.is_file():
+        return _tflite_scorer(path)
     if not path.exists():
-        raise SoundopsError(f"{path}: model not found (a model folder or an .onnx file).")
-    raise SoundopsError(f"{path}: not a model folder or an .onnx file.")
+        raise SoundopsError(
+            f"{path}: model not found (a model folder, an .onnx or a .tflite file)."
+        )
+    raise SoundopsError(f"{path}: not a model folder, an .onnx or a .tflite file.")
+
+
+def _tflite_scorer(path: Path) -> Scorer:
+    from pipeline_lib.tflm import TflmScorer
+
+    manifest_path = path.parent / "device_manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        spec = ModelSpec(**manifest["spec"])
+        arena = int(manifest["tensor_arena_bytes"])
+    except FileNotFoundError:
+        raise SoundopsError(
+            f"{path}: a .tflite model needs the device_manifest.json the export stage "
+            "writes beside it."
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SoundopsError(f"{manifest_path}: not a soundops device manifest ({exc}).") from None
+    scorer = TflmScorer(path, spec, arena)
+    scorer.calibration = manifest.get("calibration")
+    return scorer

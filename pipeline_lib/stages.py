@@ -22,6 +22,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "calibrate": ("pipeline_lib.calibrate", "run_calibrate"),
     "evaluate": ("pipeline_lib.evaluate", "run_evaluate"),
     "mine": ("pipeline_lib.mine", "run_mine"),
+    "export": ("pipeline_lib.export", "run_export"),
 }
 
 

@@ -35,7 +35,7 @@ from pipeline_lib.layout import Layout
 from pipeline_lib.metrics import pauc
 from pipeline_lib.modelio import ModelSpec, load_model, logits, save_model
 from pipeline_lib.models import build, count_params_macs
-from pipeline_lib.params import Params
+from pipeline_lib.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,33 @@ class History:
     best_epoch: int = -1
     bad_epochs: int = 0
     rows: list[dict[str, float]] = field(default_factory=list)
+
+
+def _boost_mask(index: pd.DataFrame, tp: TrainParams) -> np.ndarray:
+    prefixes = tuple(f"{name}:" for name in tp.boost.sources)
+    mask: np.ndarray = index["group"].astype(str).str.startswith(prefixes).to_numpy()
+    return mask
+
+
+def sampling_p(index: pd.DataFrame, tp: TrainParams) -> np.ndarray:
+    """Probability of drawing each train row: each label equally likely (``balanced``) or
+    uniform, and ``boost.share`` of the mass spread evenly over the boosted sources' rows."""
+    labels = index["label"].to_numpy()
+    if tp.sampler == "balanced":
+        counts = pd.Series(labels).value_counts()
+        p = 1.0 / counts[labels].to_numpy()
+    else:
+        p = np.ones(len(labels))
+    boost = _boost_mask(index, tp)
+    if tp.boost.share > 0 and boost.any():
+        rest = p * ~boost
+        if rest.sum() == 0:
+            return np.full(len(p), 1.0 / len(p))
+        share = tp.boost.share
+        out: np.ndarray = (1 - share) * rest / rest.sum() + share * boost / boost.sum()
+        return out
+    result: np.ndarray = p / p.sum()
+    return result
 
 
 def _fingerprint(params: Params, folder: Path) -> str:
@@ -126,9 +153,9 @@ class Trainer:
                 min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
             ),
         )
-        labels = self.train.index["label"].to_numpy()
-        counts = pd.Series(labels).value_counts()
-        self.sample_p = (1.0 / counts[labels].to_numpy()) / len(counts)
+        self.sample_p = sampling_p(self.train.index, self.tp)
+        boost = _boost_mask(self.train.index, self.tp)
+        self.boosted = self.tp.boost.share > 0 and bool(boost.any())
         cls = self.train.index["class"].to_numpy()
         freq = np.bincount(cls, minlength=len(self.classes)).astype(np.float64)
         self.class_w = torch.tensor(
@@ -146,7 +173,7 @@ class Trainer:
     def _epoch_rows(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.p.seed, 11, epoch])
         n = self.steps_per_epoch * self.tp.batch_size
-        if self.tp.sampler == "balanced":
+        if self.tp.sampler == "balanced" or self.boosted:
             return rng.choice(len(self.sample_p), size=n, p=self.sample_p)
         return rng.permutation(len(self.sample_p))[:n]
 

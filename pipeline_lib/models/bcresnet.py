@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline_lib.models.pooling import freq_avg, global_avg
+
 
 class SubSpectralNorm(nn.Module):
     """Batch norm per frequency sub-band (folds into the preceding conv at export)."""
@@ -62,7 +64,7 @@ class _BCBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
         f2 = self.freq(x)
-        f1 = self.temporal(f2.mean(dim=3, keepdim=True))
+        f1 = self.temporal(freq_avg(f2))
         out: torch.Tensor = self.act(f1 + f2 + (0 if self.transition else x))
         return out
 
@@ -99,6 +101,6 @@ class BCResNet(nn.Module):
         self.fc = nn.Linear(32 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.blocks(self.stem(x))).mean(dim=(2, 3))
+        x = global_avg(self.head(self.blocks(self.stem(x))))
         out: torch.Tensor = self.fc(x)
         return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline_lib.models.pooling import global_avg
+
 
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -49,6 +51,6 @@ class TCResNet8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # (B, 1, T, F) -> (B, F, 1, T)
-        x = self.blocks(self.stem(x)).mean(dim=(2, 3))
+        x = global_avg(self.blocks(self.stem(x)))
         out: torch.Tensor = self.head(x)
         return out

@@ -1,0 +1,200 @@
+"""INT8 export: a tiny model trained here is quantised once and run in TensorFlow Lite
+Micro and onnxruntime; the two must agree within one output quantisation step."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline_lib import device, quantize
+from pipeline_lib.errors import SoundopsError
+from pipeline_lib.export import _gate_failures
+from pipeline_lib.modelio import ModelSpec
+from pipeline_lib.models import build, count_params_macs
+from pipeline_lib.params import McuTarget, parse_params
+from pipeline_lib.scorers import SPEC_KEY, OnnxScorer, load_scorer
+from pipeline_lib.streaming import Calibration
+from pipeline_lib.tflm import TflmScorer, measure_arena
+from tests.conftest import calibration_dict, shipped_params
+
+FRAMES, BINS = 48, 20
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw 'feature' windows: class 1 has a bright band in bins 5-9, class 0 does not."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 1.0, (n, FRAMES, BINS)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    x[y == 1, :, 5:10] += 2.5
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, ModelSpec]:
+    torch.manual_seed(0)
+    net = build("dscnn", 2, FRAMES, BINS, channels=12, blocks=2, stride=[2, 2])
+    x, y = _data(512, 1)
+    mean, std = x.mean(axis=(0, 1)), x.std(axis=(0, 1))
+    xn = torch.from_numpy((x - mean) / std)[:, None]
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(4):
+        for i in range(0, 512, 32):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(net(xn[i : i + 32]), torch.from_numpy(y[i : i + 32]))
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    net.eval()
+    n_params, macs = count_params_macs(net, FRAMES, BINS)
+    spec = ModelSpec(
+        arch="dscnn",
+        classes={"other": ["speech"], "target": ["target"]},
+        frames=FRAMES,
+        bins=BINS,
+        rate=16000,
+        features=dict(shipped_params()["features"]),
+        norm_mean=[float(v) for v in mean],
+        norm_std=[float(v) for v in std],
+        params=n_params,
+        macs=macs,
+        options={"channels": 12, "blocks": 2, "stride": [2, 2]},
+    )
+    return net, spec
+
+
+def test_tflm_matches_onnxruntime_int8_within_one_step(
+    tmp_path: Path, trained: tuple[nn.Module, ModelSpec]
+) -> None:
+    net, spec = trained
+    rep, _ = _data(64, 2)
+    graph, quantizer = quantize.quantize_pt2e(net, FRAMES, BINS, spec.normalise(rep))
+    tfl = quantize.to_tflite(graph, quantizer, FRAMES, BINS, tmp_path / "m.tflite")
+    onx = quantize.to_onnx_qdq(graph, spec, tmp_path / "m.onnx", {SPEC_KEY: _spec_json(spec)})
+    io = quantize.tflite_io(tfl)
+    assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
+
+    arena = measure_arena(tfl)
+    assert 1000 < arena < 200_000
+    tflm = TflmScorer(tfl, spec, arena)  # runs in exactly the measured arena
+    ort = OnnxScorer(onx)
+    x, y = _data(200, 3)
+    q_tflm = tflm.int8_logits(x).astype(np.int64)
+    q_ort = np.round(ort.logits(x) / tflm.out_scale) + tflm.out_zp
+    assert np.abs(q_tflm - q_ort).max() <= 1
+    # INT8 still does the task the FP32 model learnt.
+    with torch.no_grad():
+        fp32 = net(torch.from_numpy(spec.normalise(x))[:, None]).numpy()
+    int8 = tflm.logits(x)
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.97
+    assert (fp32.argmax(1) == y).mean() >= 0.9
+
+    # `soundops score --model model_int8.tflite` finds its spec in the device manifest.
+    with pytest.raises(SoundopsError, match=r"needs the device_manifest\.json"):
+        load_scorer(tfl)
+    cal = Calibration.from_dict(calibration_dict())
+    manifest = device.manifest(spec, cal, io, arena, {"tflite_int8": tfl})
+    (tmp_path / "device_manifest.json").write_text(json.dumps(manifest))
+    scorer = load_scorer(tfl)
+    assert isinstance(scorer, TflmScorer) and scorer.calibration == cal.raw
+    np.testing.assert_array_equal(scorer.logits(x[:20]), int8[:20])
+
+
+def test_too_small_an_arena_is_one_sentence(
+    tmp_path: Path, trained: tuple[nn.Module, ModelSpec]
+) -> None:
+    net, spec = trained
+    rep, _ = _data(16, 4)
+    graph, quantizer = quantize.quantize_pt2e(net, FRAMES, BINS, spec.normalise(rep))
+    tfl = quantize.to_tflite(graph, quantizer, FRAMES, BINS, tmp_path / "m.tflite")
+    with pytest.raises(Exception, match=r"cannot allocate it in 512 bytes"):
+        TflmScorer(tfl, spec, 512)
+
+
+def _spec_json(spec: ModelSpec) -> str:
+    return json.dumps(asdict(spec))
+
+
+def test_c_array_holds_the_model_bytes_aligned(tmp_path: Path) -> None:
+    blob = tmp_path / "m.tflite"
+    blob.write_bytes(bytes(range(256)) * 3 + b"\x07")
+    device.c_array(blob, tmp_path / "model_data.h", tmp_path / "model_data.cc")
+    src = (tmp_path / "model_data.cc").read_text()
+    assert "alignas(16) const unsigned char soundops_model[]" in src
+    values = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", src))
+    assert values == blob.read_bytes()
+    assert f"soundops_model_len = {blob.stat().st_size};" in src
+    assert (
+        "extern const unsigned int soundops_model_len;" in (tmp_path / "model_data.h").read_text()
+    )
+
+
+def test_budgets_give_a_verdict_per_target() -> None:
+    targets = [
+        McuTarget(
+            name="big",
+            description="big",
+            mhz=240,
+            macs_per_cycle=1.0,
+            ram_budget_kb=160,
+            flash_budget_kb=1024,
+        ),
+        McuTarget(
+            name="small",
+            description="small",
+            mhz=80,
+            macs_per_cycle=0.5,
+            ram_budget_kb=32,
+            flash_budget_kb=256,
+        ),
+    ]
+    rows = device.budgets(targets, 30_000, 30_000, 5_920, 4_000_000, 0.1)
+    big, small = rows
+    assert big["fits"] and big["latency_ms_estimate"] == pytest.approx(16.67, abs=0.01)
+    assert not small["fits"]
+    # 4 M MACs at 80 MHz x 0.5 is 100 ms: exactly the hop, so only RAM fails
+    assert small["verdict"] == "does not fit: RAM 35.1 KB > budget 32 KB"
+
+
+def _figures(**kw: Any) -> dict[str, Any]:
+    base = {
+        "fah": 1.0,
+        "fp32_fah": 1.0,
+        "hours": 3.0,
+        "recall": 0.98,
+        "fp32_recall": 0.98,
+        "decision_agreement": 0.999,
+        "fah_increase": 0.0,
+        "recall_drop": 0.0,
+    }
+    return base | kw
+
+
+def test_gates_name_each_failed_figure() -> None:
+    params = parse_params(shipped_params())
+    ok = {"onnx_int8": _figures(), "tflm_int8": _figures()}
+    steps = {"windows": 100, "max_steps": 1, "within_one_step": 1.0, "histogram": [90, 10]}
+    assert _gate_failures(params, ok, steps) == []
+    bad = {
+        "onnx_int8": _figures(fah=2.0, fah_increase=1.0),
+        "tflm_int8": _figures(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
+    }
+    far = {
+        "windows": 100,
+        "max_steps": 5,
+        "within_one_step": 0.9,
+        "histogram": [80, 10, 5, 3, 0, 2],
+    }
+    failed = _gate_failures(params, bad, far)
+    assert len(failed) == 4
+    assert "onnx_int8 FAH 2.00 vs FP32 1.00" in failed[0] and "max_fah_increase" in failed[0]
+    assert "tflm_int8 recall 0.9000" in failed[1]
+    assert "decision agreement 0.9000" in failed[2]
+    assert "differ by 5 output steps (on 2 of 100 windows)" in failed[3]
