@@ -391,7 +391,7 @@ class ExportGates(_Strict):
     max_fah_increase: Annotated[float, Field(ge=0)]
     max_recall_drop: Annotated[float, Field(ge=0, le=1)]
     min_decision_agreement: Annotated[float, Field(ge=0, le=1)]
-    max_tflm_onnx_steps: Annotated[int, Field(ge=0)]
+    max_tflm_onnx_mean_steps: Annotated[float, Field(ge=0)]
 
 
 class ExportParams(_Strict):

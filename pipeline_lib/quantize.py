@@ -68,11 +68,11 @@ def quantize_pt2e(model: nn.Module, frames: int, bins: int, representative: np.n
     the observers. ``fold_quantize`` stays off: litert-torch lowers the explicit
     quantize/dequantize pairs, not pre-folded int8 constants.
     """
-    from litert_torch.quantize import pt2e_quantizer
-    from torchao.quantization.pt2e import quantize_pt2e as qpt2e
-
     example = (torch.zeros(1, 1, frames, bins),)
     with _quiet():
+        from litert_torch.quantize import pt2e_quantizer
+        from torchao.quantization.pt2e import quantize_pt2e as qpt2e
+
         graph = torch.export.export(model.eval(), example).module()
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
             pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)

@@ -180,21 +180,16 @@ def _figures(**kw: Any) -> dict[str, Any]:
 def test_gates_name_each_failed_figure() -> None:
     params = parse_params(shipped_params())
     ok = {"onnx_int8": _figures(), "tflm_int8": _figures()}
-    steps = {"windows": 100, "max_steps": 1, "within_one_step": 1.0, "histogram": [90, 10]}
+    steps = {"windows": 100, "max_steps": 3, "mean_steps": 0.6, "histogram": [50, 42, 6, 2]}
     assert _gate_failures(params, ok, steps) == []
     bad = {
         "onnx_int8": _figures(fah=2.0, fah_increase=1.0),
         "tflm_int8": _figures(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
     }
-    far = {
-        "windows": 100,
-        "max_steps": 5,
-        "within_one_step": 0.9,
-        "histogram": [80, 10, 5, 3, 0, 2],
-    }
+    far = {"windows": 100, "max_steps": 11, "mean_steps": 8.2, "histogram": []}
     failed = _gate_failures(params, bad, far)
     assert len(failed) == 4
     assert "onnx_int8 FAH 2.00 vs FP32 1.00" in failed[0] and "max_fah_increase" in failed[0]
     assert "tflm_int8 recall 0.9000" in failed[1]
     assert "decision agreement 0.9000" in failed[2]
-    assert "differ by 5 output steps (on 2 of 100 windows)" in failed[3]
+    assert "differ by 8.20 output steps on average over 100 windows (at most 11)" in failed[3]

@@ -2,7 +2,7 @@
 
 The first convolution strides 4x4 so that, on a 1.5 s micro_speech input (148 x 40), the
 widest activation is 37 x 10 x 40 int8 values. With 40 channels the INT8 TFLite model is
-about 28 KB and TensorFlow Lite Micro measures a 36 KB tensor arena (a layer's input and
+about 32 KB and TensorFlow Lite Micro measures a 35.4 KB tensor arena (a layer's input and
 output, 29.6 KB, plus the interpreter's own state): inside a 64 KB flash / 40 KB RAM
 budget. 48 channels would need 43 KB of arena.
 """
