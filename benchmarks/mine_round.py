@@ -25,7 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cwd: Path, *cmd: str) -> None:
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # PYTHONPATH: the clone's stages must run the clone's code, not this checkout's
+    # editable install (which may hold uncommitted changes).
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+    }
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
 
 

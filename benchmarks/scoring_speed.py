@@ -159,10 +159,11 @@ def main() -> None:
         start = time.perf_counter()
         features.compute(x, params.features, 16000)
         front = x.size / 16000 / (time.perf_counter() - start)
-        rows = [
-            bench("dscnn", DSCNN, files, args.workers, hop, tmp),
-            bench(params.model.arch, dict(params.model.options), files, args.workers, hop, tmp),
-        ]
+        rows = [bench("dscnn", DSCNN, files, args.workers, hop, tmp)]
+        if (params.model.arch, dict(params.model.options)) != ("dscnn", DSCNN):
+            rows.append(
+                bench(params.model.arch, dict(params.model.options), files, args.workers, hop, tmp)
+            )
     cols = [
         "torch_1proc",
         "onnx_1proc",

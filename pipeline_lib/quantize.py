@@ -31,6 +31,7 @@ from torch import nn
 from pipeline_lib.atomic import atomic_path
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.modelio import ModelSpec
+from pipeline_lib.scorers import Normalised
 from pipeline_lib.tflm import capture_fd
 
 log = logging.getLogger(__name__)
@@ -103,22 +104,6 @@ def to_tflite(quantized: Any, quantizer: Any, frames: int, bins: int, path: Path
     return path
 
 
-class _RawInput(nn.Module):
-    """Raw (n, frames, bins) features in, normalised (n, 1, frames, bins) to the graph."""
-
-    def __init__(self, graph: nn.Module, spec: ModelSpec) -> None:
-        super().__init__()
-        self.graph = graph
-        self.mean: torch.Tensor
-        self.std: torch.Tensor
-        self.register_buffer("mean", torch.tensor(spec.norm_mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(spec.norm_std, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.graph(((x - self.mean) / self.std)[:, None])
-        return out
-
-
 def _register_qdq_symbolics() -> None:
     """ONNX symbolics for PT2E's quantize/dequantize ops (opset 17 QuantizeLinear et al.)."""
     import torch.onnx.symbolic_helper as sh
@@ -148,35 +133,21 @@ def _register_qdq_symbolics() -> None:
             const(g, zp, "i", torch.int8),
         )
 
-    def q_channel(g: Any, x: Any, scales: Any, zps: Any, axis: Any, *_: Any) -> Any:
-        zp = g.op("Cast", zps, to_i=3)  # ONNX INT8
-        return g.op(
-            "QuantizeLinear",
-            x,
-            scales,
-            zp,
-            axis_i=sh._get_const(  # type: ignore[no-untyped-call]
-                axis, "i", "axis"
-            ),
-        )
+    def per_channel(op: str) -> Any:
+        def symbolic(g: Any, x: Any, scales: Any, zps: Any, axis: Any, *_: Any) -> Any:
+            zp = g.op("Cast", zps, to_i=3)  # ONNX INT8
+            ax = sh._get_const(axis, "i", "axis")  # type: ignore[no-untyped-call]
+            return g.op(op, x, scales, zp, axis_i=ax)
 
-    def dq_channel(g: Any, x: Any, scales: Any, zps: Any, axis: Any, *_: Any) -> Any:
-        zp = g.op("Cast", zps, to_i=3)
-        return g.op(
-            "DequantizeLinear",
-            x,
-            scales,
-            zp,
-            axis_i=sh._get_const(  # type: ignore[no-untyped-call]
-                axis, "i", "axis"
-            ),
-        )
+        return symbolic
 
     ns = "quantized_decomposed::"
     register_custom_op_symbolic(ns + "quantize_per_tensor", q_tensor, OPSET)
     register_custom_op_symbolic(ns + "dequantize_per_tensor", dq_tensor, OPSET)
-    register_custom_op_symbolic(ns + "quantize_per_channel", q_channel, OPSET)
-    register_custom_op_symbolic(ns + "dequantize_per_channel", dq_channel, OPSET)
+    register_custom_op_symbolic(ns + "quantize_per_channel", per_channel("QuantizeLinear"), OPSET)
+    register_custom_op_symbolic(
+        ns + "dequantize_per_channel", per_channel("DequantizeLinear"), OPSET
+    )
 
 
 def to_onnx_qdq(
@@ -196,7 +167,7 @@ def to_onnx_qdq(
     _register_qdq_symbolics()
     move_exported_model_to_eval(quantized)
     allow_exported_model_train_eval(quantized)
-    wrapper = _RawInput(quantized, spec)
+    wrapper = Normalised(quantized, spec)  # raw (n, frames, bins) in, as FP32 ONNX
     with atomic_path(path) as tmp, _quiet():
         for dynamic in (True, False):
             torch.onnx.export(

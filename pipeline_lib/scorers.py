@@ -52,7 +52,7 @@ class TorchScorer:
         return logits(self.model, windows, self.spec)
 
 
-class _Normalised(nn.Module):
+class Normalised(nn.Module):
     """Normalisation inside the graph: the exported file takes front-end output as is."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
@@ -74,7 +74,7 @@ def export_onnx(
     """FP32 ONNX of ``model`` taking raw features ``(n, frames, bins)``; written atomically."""
     import onnx
 
-    wrapper = _Normalised(model, spec).eval()
+    wrapper = Normalised(model, spec).eval()
     example = torch.zeros(1, spec.frames, spec.bins)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose

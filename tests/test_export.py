@@ -70,13 +70,18 @@ def trained() -> tuple[nn.Module, ModelSpec]:
     return net, spec
 
 
+def _convert(net: nn.Module, spec: ModelSpec, n: int, folder: Path) -> tuple[Any, Path]:
+    """PT2E-quantise with ``n`` representative windows; the graph and its TFLite file."""
+    rep, _ = _data(n, 2)
+    graph, quantizer = quantize.quantize_pt2e(net, FRAMES, BINS, spec.normalise(rep))
+    return graph, quantize.to_tflite(graph, quantizer, FRAMES, BINS, folder / "m.tflite")
+
+
 def test_tflm_matches_onnxruntime_int8_within_one_step(
     tmp_path: Path, trained: tuple[nn.Module, ModelSpec]
 ) -> None:
     net, spec = trained
-    rep, _ = _data(64, 2)
-    graph, quantizer = quantize.quantize_pt2e(net, FRAMES, BINS, spec.normalise(rep))
-    tfl = quantize.to_tflite(graph, quantizer, FRAMES, BINS, tmp_path / "m.tflite")
+    graph, tfl = _convert(net, spec, 64, tmp_path)
     onx = quantize.to_onnx_qdq(graph, spec, tmp_path / "m.onnx", {SPEC_KEY: _spec_json(spec)})
     io = quantize.tflite_io(tfl)
     assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
@@ -111,9 +116,7 @@ def test_too_small_an_arena_is_one_sentence(
     tmp_path: Path, trained: tuple[nn.Module, ModelSpec]
 ) -> None:
     net, spec = trained
-    rep, _ = _data(16, 4)
-    graph, quantizer = quantize.quantize_pt2e(net, FRAMES, BINS, spec.normalise(rep))
-    tfl = quantize.to_tflite(graph, quantizer, FRAMES, BINS, tmp_path / "m.tflite")
+    _, tfl = _convert(net, spec, 16, tmp_path)
     with pytest.raises(Exception, match=r"cannot allocate it in 512 bytes"):
         TflmScorer(tfl, spec, 512)
 

@@ -50,7 +50,7 @@ def write_store(layout: Layout, n_train: int, n_val: int) -> None:
 
 
 def tiny_train(raw: dict[str, Any], epochs: int) -> dict[str, Any]:
-    raw["model"]["arch"] = "tcresnet8"
+    raw["model"] = {"arch": "tcresnet8", "options": {}}
     raw["train"] |= {"epochs": epochs, "batch_size": 16, "patience": 100, "warmup_epochs": 0.5}
     return raw
 
