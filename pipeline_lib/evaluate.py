@@ -58,7 +58,7 @@ def _score_recordings(
     return out
 
 
-def _positive_stream(
+def positive_stream(
     frame: pd.DataFrame, layout: Layout, params: Params, scorer: Scorer, cal: Calibration
 ) -> tuple[np.ndarray, list[tuple[float, float]], Scored]:
     """Test positives inserted into test background, through the streaming detector."""
@@ -131,7 +131,7 @@ def fah_at_recall(curve: pd.DataFrame, target: float) -> dict[str, float]:
     return {k: float(row[k]) for k in ("threshold", "fah", "recall")}
 
 
-def _clip_scores(scorer: Scorer, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+def clip_scores(scorer: Scorer, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Logits and classes of the test clips as recorded (view 0, no augmentation)."""
     from pipeline_lib.train import Store
 
@@ -311,7 +311,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     window_s = spec.frames * 0.01
     names = list(params.task.classes)
 
-    raw, y = _clip_scores(scorer, layout)
+    raw, y = clip_scores(scorer, layout)
     clips, roc, clip_score = clip_figures(raw, y, cal, names)
     _, rel = reliability(raw, y, cal.temperature)
 
@@ -331,7 +331,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
         cal,
         "evaluate background",
     )
-    pos_audio, spans, pos = _positive_stream(frame, layout, params, scorer, cal)
+    pos_audio, spans, pos = positive_stream(frame, layout, params, scorer, cal)
     match = metrics.match_events(pos.events, spans, window_s, ev.tolerance_s)
     curve = sweep(background, pos, spans, rule.refractory_s, window_s, ev.tolerance_s)
 

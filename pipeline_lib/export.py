@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from pipeline_lib import detector, device, metrics, report
 from pipeline_lib.atomic import atomic_path, write_json
-from pipeline_lib.calibrate import split_positive_stream
 from pipeline_lib.errors import SoundopsError
+from pipeline_lib.evaluate import clip_scores, positive_stream
 from pipeline_lib.extract import load_split_manifest
 from pipeline_lib.layout import Layout
 from pipeline_lib.modelio import ModelSpec, load_model
@@ -37,7 +37,7 @@ from pipeline_lib.scorers import (
     TorchScorer,
     export_onnx,
 )
-from pipeline_lib.streaming import Calibration, Scored, StreamingDetector, score_file
+from pipeline_lib.streaming import Calibration, score_file
 from pipeline_lib.tflm import TflmScorer, measure_arena
 
 log = logging.getLogger(__name__)
@@ -206,19 +206,14 @@ def _gate_failures(
 
 
 def _clip_parity(
-    layout: Layout, ref: Scorer, ort: OnnxScorer, tflm: TflmScorer, cal: Calibration, steps: Steps
+    layout: Layout, scorers: dict[str, Scorer], cal: Calibration, steps: Steps
 ) -> dict[str, Any]:
-    from pipeline_lib.train import Store
-
-    store = Store.open(layout.features, "test")
-    rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
-    x = store.batch(rows)
-    raw = {FP32: ref.logits(x), ORT: ort.logits(x)}
-    tq = tflm.int8_logits(x)
-    raw[TFLM] = (tq.astype(np.float32) - tflm.out_zp) * tflm.out_scale
+    raw = {}
+    for name, scorer in scorers.items():
+        raw[name], classes = clip_scores(scorer, layout)
     prob = {k: detector.event_probability(v, cal.temperature) for k, v in raw.items()}
-    y = store.index["class"].to_numpy()[rows] != 0
-    out: dict[str, Any] = {"clips": int(rows.size)}
+    y = classes != 0
+    out: dict[str, Any] = {"clips": int(y.size)}
     for name in (FP32, ORT, TFLM):
         roc = metrics.roc_curve(prob[name], y)
         out[name] = {
@@ -262,12 +257,11 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         )
         int8_onnx = quantize.to_onnx_qdq(graph, spec, out / "model_int8.onnx", meta)
         arena = measure_arena(tflite)
-        io = quantize.tflite_io(tflite)
         ort = OnnxScorer(int8_onnx)
         tflm = TflmScorer(tflite, spec, arena)
 
         steps = Steps(tflm.out_scale)
-        clips = _clip_parity(layout, ref, ort, tflm, cal, steps)
+        clips = _clip_parity(layout, {FP32: ref, ORT: ort, TFLM: tflm}, cal, steps)
         frame = load_split_manifest(layout)
         streams = frame[
             (frame["role"] == "stream") & frame["split"].isin(params.evaluate.background_splits)
@@ -280,21 +274,11 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
             dur, series = _scored_file(layout.ingest / str(r.path), tee, cal)
             budget_s -= dur if with_tflm else 0
             bg.append((dur, series))
-        pos_stream = split_positive_stream(
-            frame, layout, params, "test", spec.rate, params.evaluate.positive_gap_s
-        )
         tee = _Tee(ref, {ORT: ort, TFLM: tflm}, steps)
-        det = StreamingDetector(tee, cal)
-        block = 30 * spec.rate
-        parts = [
-            det.push(pos_stream.audio[i : i + block])
-            for i in range(0, pos_stream.audio.size, block)
-        ]
-        pos = _series(Scored.join(parts).times, tee.take(), cal)
+        _, spans, scored = positive_stream(frame, layout, params, tee, cal)
+        pos = _series(scored.times, tee.take(), cal)
         runtimes = {
-            name: _figures(
-                name, bg, pos, pos_stream.spans, cal, window_s, params.evaluate.tolerance_s
-            )
+            name: _figures(name, bg, pos, spans, cal, window_s, params.evaluate.tolerance_s)
             for name in (ORT, TFLM)
         }
         failed = _gate_failures(params, runtimes, steps.summary())
@@ -324,7 +308,7 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
             "onnx_int8": int8_onnx,
             "onnx_fp32": fp32_onnx,
         }
-        manifest = device.manifest(spec, cal, io, arena + ex.arena_margin_bytes, files)
+        manifest = device.manifest(spec, cal, tflm.io(), arena + ex.arena_margin_bytes, files)
         manifest["targets"] = rows
         write_json(out / "device_manifest.json", manifest)
         evaluation = _evaluation(layout)

@@ -201,28 +201,3 @@ def _runs_batched(path: Path, spec: ModelSpec) -> bool:
     except Exception:  # onnxruntime raises its own untyped errors
         return False
     return True
-
-
-def tflite_io(path: Path) -> dict[str, Any]:
-    """Input/output tensor details of a TFLite file (shape, dtype, scale, zero point)."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    interp = runtime.Interpreter.from_file(str(path), arena_size=_probe_arena(path))
-    out: dict[str, Any] = {}
-    for kind, det in (
-        ("input", interp.get_input_details(0)),
-        ("output", interp.get_output_details(0)),
-    ):
-        qp = det["quantization_parameters"]
-        out[kind] = {
-            "shape": [int(v) for v in det["shape"]],
-            "dtype": np.dtype(det["dtype"]).name,
-            "scale": float(qp["scales"][0]),
-            "zero_point": int(qp["zero_points"][0]),
-        }
-    return out
-
-
-def _probe_arena(path: Path) -> int:
-    """A generous arena for a first allocation: 64 KB plus ten times the model's size."""
-    return 65536 + 10 * path.stat().st_size

@@ -62,8 +62,7 @@ def measure_arena(path: Path) -> int:
     The interpreter is created with a generous arena, run once, and its allocation record
     read; the figure is then checked by running the model in an arena of exactly that size.
     """
-    probe = 65536 + 10 * path.stat().st_size
-    interp = _interpreter(path, probe)
+    interp = _interpreter(path, 65536 + 10 * path.stat().st_size)  # generous, then measured
     det = interp.get_input_details(0)
     interp.set_input(np.zeros(det["shape"], det["dtype"]), 0)
     interp.invoke()
@@ -87,7 +86,11 @@ class TflmScorer:
         self.spec, self.name = spec, f"tflm:{path.name}"
         self.calibration: dict[str, Any] | None = None
         self.interp = _interpreter(path, arena_size)
-        inp, out = self.interp.get_input_details(0), self.interp.get_output_details(0)
+        self.details = {
+            "input": self.interp.get_input_details(0),
+            "output": self.interp.get_output_details(0),
+        }
+        inp, out = self.details["input"], self.details["output"]
         self.in_shape = tuple(int(v) for v in inp["shape"])
         self.in_scale = float(inp["quantization_parameters"]["scales"][0])
         self.in_zp = int(inp["quantization_parameters"]["zero_points"][0])
@@ -95,6 +98,18 @@ class TflmScorer:
         self.out_zp = int(out["quantization_parameters"]["zero_points"][0])
         if inp["dtype"] is not np.int8 or out["dtype"] is not np.int8:
             raise SoundopsError(f"{path}: not a full-integer model (int8 input and output).")
+
+    def io(self) -> dict[str, Any]:
+        """Input/output tensors as the device manifest states them."""
+        return {
+            kind: {
+                "shape": [int(v) for v in det["shape"]],
+                "dtype": np.dtype(det["dtype"]).name,
+                "scale": float(det["quantization_parameters"]["scales"][0]),
+                "zero_point": int(det["quantization_parameters"]["zero_points"][0]),
+            }
+            for kind, det in self.details.items()
+        }
 
     def quantize_input(self, windows: np.ndarray) -> np.ndarray:
         """Raw (n, frames, bins) -> int8, as the firmware computes it."""

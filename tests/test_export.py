@@ -83,12 +83,11 @@ def test_tflm_matches_onnxruntime_int8_within_one_step(
     net, spec = trained
     graph, tfl = _convert(net, spec, 64, tmp_path)
     onx = quantize.to_onnx_qdq(graph, spec, tmp_path / "m.onnx", {SPEC_KEY: _spec_json(spec)})
-    io = quantize.tflite_io(tfl)
-    assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
-
     arena = measure_arena(tfl)
     assert 1000 < arena < 200_000
     tflm = TflmScorer(tfl, spec, arena)  # runs in exactly the measured arena
+    io = tflm.io()
+    assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"
     ort = OnnxScorer(onx)
     x, y = _data(200, 3)
     q_tflm = tflm.int8_logits(x).astype(np.int64)
