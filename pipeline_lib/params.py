@@ -307,7 +307,7 @@ class TrainParams(_Strict):
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
     grad_clip: Annotated[float, Field(gt=0)]
     patience: Annotated[int, Field(ge=1)]
-    early_stop: Literal["pauc", "recall_at_fah"]
+    early_stop: Literal["val_loss", "pauc", "recall_at_fah"]
     pauc_max_fpr: Annotated[float, Field(gt=0, le=1)]
     deterministic: bool
     distill: DistillParams
