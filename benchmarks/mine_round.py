@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="soundops-mine-"))
+    work.mkdir(parents=True, exist_ok=True)
     root = work / "project"
     if not root.exists():
         run(work, "git", "clone", "-q", str(REPO), str(root))
