@@ -27,12 +27,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the locked dependencies and soundops itself
 
-demo: setup  ## set up, build the demo data set with `dvc repro`, push it to the local DVC remote
+demo: setup  ## set up, then the build flow on the demo data (all stages, MLflow, registry, DVC push)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "run make demo inside the git clone" >&2; exit 1; }
 	$(BIN)/soundops params check
-	$(BIN)/dvc repro
-	$(BIN)/dvc push -q
-	$(BIN)/dvc metrics show
+	$(BIN)/soundops run build
 
 lint: setup  ## ruff
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -14,6 +14,11 @@ from rich.table import Table
 
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.stages import STAGES, run_stage
+
+if TYPE_CHECKING:
+    from prefect import State
+
+    from pipeline_lib.params import Params
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +29,11 @@ params_app = typer.Typer(no_args_is_help=True, help="Inspect and check params.ya
 app.add_typer(params_app, name="params")
 mine_app = typer.Typer(no_args_is_help=True, help="Review and accept mined hard negatives.")
 app.add_typer(mine_app, name="mine")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Registered model versions and release channels (MLflow)."
+)
+app.add_typer(models_app, name="models")
+FLOWS = ("build", "retrain", "monitor")
 
 ROOT_OPT = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]
 err = Console(stderr=True)
@@ -180,6 +190,262 @@ def mine_accept(
         f"accepted {done['accepted']} candidate(s); the hard-negative folder holds "
         f"{done['clips']} clip(s). Next: git add the .dvc file, then `dvc repro`."
     )
+
+
+def _flow_env(root: Path) -> None:
+    """Before Prefect or MLflow import: Prefect's home in the project (not ~/.prefect), a
+    generous temporary-server start-up on small machines, no telemetry, and this
+    interpreter's bin folder on PATH for the ``dvc`` the tasks call."""
+    from pipeline_lib.tracking import STATE_DIR, quiet_env
+
+    os.environ.setdefault("PREFECT_HOME", str(root / STATE_DIR / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for noisy in ("httpx", "docket", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.update(quiet_env())
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _load(root: Path) -> tuple[Path, Params]:
+    from pipeline_lib.params import load_params
+
+    project = root.resolve()
+    params = load_params(project / "params.yaml")
+    return project, params
+
+
+def _where_to_look(project: Path, params: Params) -> list[str]:
+    from pipeline_lib.tracking import tracking_uri
+
+    uri = tracking_uri(project, params)
+    shown = uri.replace(f"sqlite:///{project}/", "sqlite:///")
+    return [
+        f"MLflow UI: mlflow ui --backend-store-uri {shown}  (then http://127.0.0.1:5000)",
+        "evaluation report: data/evaluate/report.html; export report: data/export/report.html",
+        "release channels: soundops models list",
+    ]
+
+
+@app.command("run")
+def run_flow(
+    flow: Annotated[str, typer.Argument(help="build, retrain or monitor.")],
+    root: ROOT_OPT = Path(),
+    channel: Annotated[str, typer.Option(help="monitor: the channel to check.")] = "edge",
+) -> None:
+    """Run a Prefect flow now (a temporary Prefect server unless PREFECT_API_URL is set)."""
+    from pipeline_lib.project_lock import project_lock
+
+    if flow not in FLOWS:
+        _fail(SoundopsError(f"flow '{flow}' does not exist; expected one of {', '.join(FLOWS)}."))
+    try:
+        project, params = _load(root)
+        _flow_env(project)
+        if flow == "monitor":
+            from flows.monitor import monitor
+
+            state = monitor(root=str(project), channel=channel, return_state=True)
+        else:
+            # the lock before Prefect starts: a second build fails before touching anything
+            with project_lock(project, flow):
+                if flow == "build":
+                    from flows.build import build
+
+                    state = build(root=str(project), return_state=True)
+                else:
+                    from flows.retrain import retrain
+
+                    state = retrain(root=str(project), reason="run by hand", return_state=True)
+        done = cast("State[Any]", state)  # a sync flow's state, not an awaitable
+        if done.is_failed():
+            raise SoundopsError(done.message or f"flow {flow} failed")
+        result = done.result()
+    except SoundopsError as exc:
+        _fail(exc)
+        return
+    _print_result(project, params, result)
+
+
+def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None:
+    out = Console(soft_wrap=True)
+    stages = result.get("stages") or []
+    if stages:
+        ran = [s["stage"] for s in stages if not s["skipped"]]
+        out.print(
+            f"stages: {len(stages)}, ran {', '.join(ran) or 'none'} (the rest were up to date)"
+        )
+    name = params.release.model_name
+    if result["flow"] == "monitor":
+        f = result["field"]
+        out.print(
+            f"monitor: {name} v{result['version']} on {f['hours']:.2f} h of new audio: "
+            f"FAH {f['fah']:.2f} ({f['fah_lo']:.2f}-{f['fah_hi']:.2f}), recorded "
+            f"{result['recorded_fah']:.2f}; {result['why']}"
+        )
+        sub = result.get("retrain")
+        if isinstance(sub, dict):
+            result = sub
+        elif sub:
+            out.print("retrain: triggered through the Prefect deployment")
+    if result.get("flow") == "retrain" and not result.get("retrained"):
+        out.print(f"retrain: nothing retrained ({result['why']})")
+    if "version" in result and result.get("flow") != "monitor":
+        from pipeline_lib import registry
+        from pipeline_lib.tracking import configure
+
+        configure(project, params)
+        v = registry.get_version(params, str(result["version"]))
+        f = v.figures
+        status = "candidate" if "candidate" in v.aliases else v.tags.get("gates", "")
+        out.print(
+            f"registered [bold]{name} version {v.version}[/] ({status}): FAH {f['fah']:.2f} "
+            f"({f['fah_lo']:.2f}-{f['fah_hi']:.2f}) over {f['background_hours']:.2f} h of "
+            f"background, recall {f['recall']:.4f}, INT8 TFLite {int(f['tflite_bytes']):,} bytes",
+            highlight=False,
+        )
+        if result.get("why"):
+            out.print(f"challenger vs champion: {result['why']}")
+    for line in _where_to_look(project, params):
+        out.print(f"  {line}", highlight=False)
+
+
+@app.command("serve")
+def serve_cmd(
+    root: ROOT_OPT = Path(),
+    port: Annotated[int, typer.Option(help="Port for the local Prefect server.")] = 4200,
+) -> None:
+    """Serve build, monitor and retrain as Prefect deployments (cron schedules from
+    release.schedules; retrain on the FAH-regression event). Starts Prefect's local server
+    unless PREFECT_API_URL points at one. Stop with Ctrl-C."""
+    try:
+        project, params = _load(root)
+        _flow_env(project)
+        from flows.serve import serve_forever, start_local_server
+
+        server = None if os.environ.get("PREFECT_API_URL") else start_local_server(project, port)
+        try:
+            serve_forever(project, params)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
+    except SoundopsError as exc:
+        _fail(exc)
+
+
+def _registry(root: Path) -> tuple[Path, Params]:
+    from pipeline_lib.tracking import configure
+
+    project, params = _load(root)
+    os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
+    configure(project, params)
+    return project, params
+
+
+@models_app.command("list")
+def models_list(root: ROOT_OPT = Path()) -> None:
+    """Every registered version with its channels and headline figures."""
+    from pipeline_lib import registry
+
+    try:
+        _, params = _registry(root)
+        found = registry.versions(params)
+    except SoundopsError as exc:
+        _fail(exc)
+        return
+    table = Table(title=params.release.model_name)
+    for col in (
+        "version",
+        "aliases",
+        "FAH",
+        "recall",
+        "TFLite bytes",
+        "arena",
+        "data",
+        "commit",
+        "gates",
+    ):
+        table.add_column(col)
+    for v in found:
+        f = v.figures
+        table.add_row(
+            str(v.version),
+            ", ".join(sorted(v.aliases)),
+            f"{f.get('fah', float('nan')):.2f}",
+            f"{f.get('recall', float('nan')):.4f}",
+            f"{int(f.get('tflite_bytes', 0)):,}",
+            f"{int(f.get('tensor_arena_bytes', 0)):,}",
+            v.tags.get("data_version", "")[:8],
+            v.tags.get("git_commit", "")[:8],
+            v.tags.get("gates", ""),
+        )
+    Console().print(table)
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[str, typer.Argument(help="A version number or alias.")],
+    b: Annotated[str, typer.Argument(help="A version number or alias.")],
+    root: ROOT_OPT = Path(),
+) -> None:
+    """Two versions side by side: figures, sizes, data version, evaluation audio."""
+    from pipeline_lib import registry
+
+    try:
+        _, params = _registry(root)
+        va, vb = registry.get_version(params, a), registry.get_version(params, b)
+    except SoundopsError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{params.release.model_name}: v{va.version} vs v{vb.version}")
+    table.add_column("")
+    table.add_column(f"v{va.version} {','.join(va.aliases)}")
+    table.add_column(f"v{vb.version} {','.join(vb.aliases)}")
+    fa, fb = va.figures, vb.figures
+    for key in sorted(set(fa) | set(fb)):
+        table.add_row(key, f"{fa.get(key, float('nan')):g}", f"{fb.get(key, float('nan')):g}")
+    for key in ("data_version", "eval_audio", "git_commit", "arch", "gates"):
+        table.add_row(key, va.tags.get(key, ""), vb.tags.get(key, ""))
+    Console().print(table)
+    ok, why = registry.better(va, vb, params)
+    Console().print(f"v{va.version} better than v{vb.version} by release.compare: {ok} ({why})")
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="A version number or alias (e.g. candidate).")],
+    channel: Annotated[str, typer.Option(help="Release channel (an MLflow alias).")] = "edge",
+    root: ROOT_OPT = Path(),
+) -> None:
+    """Move a channel to a version that passes release.gates and write its release bundle."""
+    from pipeline_lib import registry
+
+    try:
+        project, params = _registry(root)
+        v, bundle = registry.promote(params, version, channel, project)
+    except SoundopsError as exc:
+        _fail(exc)
+        return
+    Console().print(
+        f"{channel} → version {v.version}; release bundle in {bundle.relative_to(project)}"
+    )
+
+
+@models_app.command("rollback")
+def models_rollback(
+    channel: Annotated[str, typer.Option(help="Release channel.")] = "edge",
+    root: ROOT_OPT = Path(),
+) -> None:
+    """Put a channel back on the version it held before its last promotion."""
+    from pipeline_lib import registry
+
+    try:
+        project, params = _registry(root)
+        v = registry.rollback(params, channel, project)
+    except SoundopsError as exc:
+        _fail(exc)
+        return
+    Console().print(f"{channel} → version {v.version} (rolled back)")
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m pipeline_lib.cli`

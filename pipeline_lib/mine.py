@@ -63,7 +63,8 @@ def dedupe(feats: list[np.ndarray], scores: list[float], similarity: float) -> l
     ``similarity`` (cosine) of a kept one is a near-duplicate and dropped."""
     if not feats:
         return []
-    flat = np.stack([f.ravel() - f.mean() for f in feats])
+    frames = min(f.shape[0] for f in feats)  # clips from files shorter than one clip
+    flat = np.stack([f[:frames].ravel() - f[:frames].mean() for f in feats])
     flat /= np.linalg.norm(flat, axis=1, keepdims=True) + 1e-9
     kept: list[int] = []
     for i in np.argsort(-np.asarray(scores), kind="stable"):
@@ -108,8 +109,11 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
         src_rate = _rate(path)
         for a, b in runs_above(sc.scores, mp.threshold):
             best = a + int(np.argmax(sc.scores[a:b]))
-            start = max(0.0, float(sc.times[best]) - window_s - mp.pad_s)
-            end = min(fs.duration_s, float(sc.times[best]) + mp.pad_s)
+            # every clip is one length: near a file's edge the clip shifts inward
+            length = min(fs.duration_s, window_s + 2 * mp.pad_s)
+            start = float(sc.times[best]) - window_s - mp.pad_s
+            start = min(max(0.0, start), fs.duration_s - length)
+            end = start + length
             data, _ = sf.read(
                 str(path),
                 start=int(start * src_rate),

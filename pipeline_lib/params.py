@@ -411,6 +411,47 @@ class ExportParams(_Strict):
         return self
 
 
+class ReleaseGates(_Strict):
+    """What a registered version must show to get the ``candidate`` alias and to be
+    promoted to a release channel (figures from its evaluate and export metrics)."""
+
+    max_fah: Annotated[float, Field(ge=0)]
+    min_recall: Annotated[float, Field(ge=0, le=1)]
+    int8_parity: bool
+    fits_targets: bool
+
+
+class CompareParams(_Strict):
+    """How a challenger is judged against the champion on the same evaluation audio."""
+
+    by: Literal["fah_at_recall", "recall_at_fah"]
+    recall: Annotated[float, Field(gt=0, le=1)]
+    fah: Annotated[float, Field(gt=0)]
+
+
+class MonitorParams(_Strict):
+    folder: str
+    tolerance: Annotated[float, Field(ge=0)]
+
+
+class ScheduleParams(_Strict):
+    build: str | None
+    monitor: str | None
+    timezone: str
+
+
+class ReleaseParams(_Strict):
+    """The side-effect layer (flows, MLflow, registry); no DVC stage reads it."""
+
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    experiment: Annotated[str, Field(min_length=1)]
+    tracking_uri: str | None
+    gates: ReleaseGates
+    compare: CompareParams
+    monitor: MonitorParams
+    schedules: ScheduleParams
+
+
 class SplitParams(_Strict):
     """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
 
@@ -447,6 +488,7 @@ class Params(_Strict):
     evaluate: EvaluateParams
     mine: MineParams
     export: ExportParams
+    release: ReleaseParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -477,6 +519,18 @@ class Params(_Strict):
                     f"{where}.default_label",
                     f"'{src.default_label}' is not one of labels {self.labels}",
                 )
+        cmp = self.release.compare
+        if cmp.recall not in self.evaluate.recall_targets:
+            raise _KeyedError(
+                "release.compare.recall",
+                f"{cmp.recall} is not one of evaluate.recall_targets "
+                f"{self.evaluate.recall_targets}",
+            )
+        if cmp.fah not in self.evaluate.fah_targets:
+            raise _KeyedError(
+                "release.compare.fah",
+                f"{cmp.fah} is not one of evaluate.fah_targets {self.evaluate.fah_targets}",
+            )
         return self
 
 

@@ -1,0 +1,31 @@
+"""Prefect tasks for registry actions and mining acceptance (thin wrappers, so each shows
+up in the flow run with its own state and logs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline_lib import registry
+from pipeline_lib.layout import Layout
+from pipeline_lib.mine import accept
+from pipeline_lib.params import load_params
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_version(root: str, run_id: str, set_candidate: bool = True) -> dict[str, Any]:
+    """Register the exported model; returns the version number and the failed gates."""
+    params = load_params(Path(root) / "params.yaml")
+    version, failed = registry.register(Path(root), params, run_id, set_candidate)
+    return {"version": version.version, "failed_gates": failed, "figures": version.figures}
+
+
+@task(name="accept-mined", cache_policy=NO_CACHE)
+def accept_mined(root: str) -> dict[str, Any]:
+    """Every mined candidate into the hard-negative source, tracked by DVC."""
+    layout = Layout(Path(root))
+    params = load_params(layout.params)
+    return accept(params, layout)
