@@ -271,9 +271,8 @@ def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None
     stages = result.get("stages") or []
     if stages:
         ran = [s["stage"] for s in stages if not s["skipped"]]
-        out.print(
-            f"stages: {len(stages)}, ran {', '.join(ran) or 'none'} (the rest were up to date)"
-        )
+        skipped = len(stages) - len(ran)
+        out.print(f"stages: ran {', '.join(ran) or 'none'}; {skipped} up to date (skipped)")
     name = params.release.model_name
     if result["flow"] == "monitor":
         f = result["field"]
