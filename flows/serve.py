@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 def deployments(root: Path, params: Params) -> list[Any]:
     """build and monitor on their cron schedules; retrain on the FAH-regression event."""
     from prefect.events import DeploymentEventTrigger
+    from prefect.types.entrypoint import EntrypointType
 
     from flows.build import build
     from flows.monitor import EVENT, monitor, resource_id
@@ -30,9 +31,11 @@ def deployments(root: Path, params: Params) -> list[Any]:
 
     sched = params.release.schedules
     args = {"root": str(root)}
+    # by module path: the served runs import the installed package, whatever the cwd
+    by_module = EntrypointType.MODULE_PATH
     out = []
     for fl, cron in ((build, sched.build), (monitor, sched.monitor)):
-        kw: dict[str, Any] = {"parameters": args}
+        kw: dict[str, Any] = {"parameters": args, "entrypoint_type": by_module}
         if cron:
             from prefect.schedules import Cron
 
@@ -43,7 +46,11 @@ def deployments(root: Path, params: Params) -> list[Any]:
         match={"prefect.resource.id": resource_id(params.release.model_name)},
         parameters={"root": str(root), "reason": "{{ event.payload.reason }}"},
     )
-    out.append(retrain.to_deployment(name="soundops-retrain", triggers=[trigger]))
+    out.append(
+        retrain.to_deployment(
+            name="soundops-retrain", triggers=[trigger], entrypoint_type=by_module
+        )
+    )
     return out
 
 
