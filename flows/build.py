@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.states import Failed
 
-from pipeline_lib.errors import SoundopsError
+from flows.outcome import failed_on_user_error
 from pipeline_lib.params import load_params
 from pipeline_lib.project_lock import project_lock
 from pipeline_lib.tracking import (
@@ -54,10 +53,7 @@ def run_stages(root: Path, run_id: str, experiment_id: str) -> list[dict[str, An
 def build(root: str = ".") -> Any:
     """All stages through DVC, logged to MLflow, then register the exported model. A user
     error (a failed stage or gate) ends the run Failed with its one sentence."""
-    try:
-        return _build(Path(root).resolve())
-    except SoundopsError as exc:
-        return Failed(message=str(exc))
+    return failed_on_user_error(_build, Path(root).resolve())
 
 
 def _build(project: Path) -> dict[str, Any]:

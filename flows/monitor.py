@@ -14,8 +14,8 @@ from typing import Any, cast
 from prefect import State, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from prefect.states import Failed
 
+from flows.outcome import failed_on_user_error
 from pipeline_lib import registry
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.monitor import field_folder, regression, score_field
@@ -57,10 +57,7 @@ def check_field(root: str, version: int) -> dict[str, Any]:
 @flow(name="monitor", log_prints=True)
 def monitor(root: str = ".", channel: str = "edge") -> Any:
     """Score the channel's version on the monitor folder; retrain on a FAH regression."""
-    try:
-        return _monitor(Path(root).resolve(), channel)
-    except SoundopsError as exc:
-        return Failed(message=str(exc))
+    return failed_on_user_error(_monitor, Path(root).resolve(), channel)
 
 
 def _monitor(project: Path, channel: str) -> dict[str, Any]:

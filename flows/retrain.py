@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
 
 from flows.build import log_params_and_version, run_stages
+from flows.outcome import failed_on_user_error
 from pipeline_lib import registry
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import load_params
@@ -35,10 +35,7 @@ def champion(params: Any) -> registry.Version | None:
 @flow(name="retrain", log_prints=True)
 def retrain(root: str = ".", reason: str = "") -> Any:
     """Retrain on newly mined hard negatives and keep the better of challenger and champion."""
-    try:
-        return _retrain(Path(root).resolve(), reason)
-    except SoundopsError as exc:
-        return Failed(message=str(exc))
+    return failed_on_user_error(_retrain, Path(root).resolve(), reason)
 
 
 def _retrain(project: Path, reason: str) -> dict[str, Any]:

@@ -39,6 +39,11 @@ ROOT_OPT = Annotated[Path, typer.Option("--root", help="Project folder (holds pa
 err = Console(stderr=True)
 
 
+def _out() -> Console:
+    """Standard output; wide when piped, so tables are not cut to 80 columns in logs."""
+    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -92,7 +97,7 @@ def params_check(root: ROOT_OPT = Path()) -> None:
         "ingest.sources", ", ".join(f"{s.name} ({s.kind})" for s in params.ingest.sources)
     )
     table.add_row("split.ratios", str(params.split.ratios))
-    Console().print(table)
+    _out().print(table)
 
 
 @app.command()
@@ -136,8 +141,8 @@ def score(
         table.add_column(col)
     for row in summary["files"]:
         table.add_row(row["file"], f"{row['seconds']:.1f}", str(row["windows"]), str(row["events"]))
-    Console().print(table)
-    Console().print(f"results in {out}")
+    _out().print(table)
+    _out().print(f"results in {out}")
 
 
 @app.command("export-onnx")
@@ -160,7 +165,7 @@ def export_onnx_cmd(
         export_onnx(net, spec, out, cal)
     except SoundopsError as exc:
         _fail(exc)
-    Console().print(f"wrote {out}")
+    _out().print(f"wrote {out}")
 
 
 @mine_app.command("accept")
@@ -186,7 +191,7 @@ def mine_accept(
     except SoundopsError as exc:
         _fail(exc)
         return
-    Console().print(
+    _out().print(
         f"accepted {done['accepted']} candidate(s); the hard-negative folder holds "
         f"{done['clips']} clip(s). Next: git add the .dvc file, then `dvc repro`."
     )
@@ -267,7 +272,7 @@ def run_flow(
 
 
 def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None:
-    out = Console(soft_wrap=True)
+    out = _out()
     stages = result.get("stages") or []
     if stages:
         ran = [s["stage"] for s in stages if not s["skipped"]]
@@ -378,7 +383,7 @@ def models_list(root: ROOT_OPT = Path()) -> None:
             v.tags.get("git_commit", "")[:8],
             v.tags.get("gates", ""),
         )
-    Console().print(table)
+    _out().print(table)
 
 
 @models_app.command("compare")
@@ -405,9 +410,9 @@ def models_compare(
         table.add_row(key, f"{fa.get(key, float('nan')):g}", f"{fb.get(key, float('nan')):g}")
     for key in ("data_version", "eval_audio", "git_commit", "arch", "gates"):
         table.add_row(key, va.tags.get(key, ""), vb.tags.get(key, ""))
-    Console().print(table)
+    _out().print(table)
     ok, why = registry.better(va, vb, params)
-    Console().print(f"v{va.version} better than v{vb.version} by release.compare: {ok} ({why})")
+    _out().print(f"v{va.version} better than v{vb.version} by release.compare: {ok} ({why})")
 
 
 @models_app.command("promote")
@@ -425,7 +430,7 @@ def models_promote(
     except SoundopsError as exc:
         _fail(exc)
         return
-    Console().print(
+    _out().print(
         f"{channel} → version {v.version}; release bundle in {bundle.relative_to(project)}"
     )
 
@@ -444,7 +449,7 @@ def models_rollback(
     except SoundopsError as exc:
         _fail(exc)
         return
-    Console().print(f"{channel} → version {v.version} (rolled back)")
+    _out().print(f"{channel} → version {v.version} (rolled back)")
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m pipeline_lib.cli`

@@ -98,20 +98,26 @@ def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    root = tmp_path_factory.mktemp("dvcproj")
+def init_project(proj: Project, raw: dict[str, Any]) -> Project:
+    """The stage graph, its code (a DVC dependency) and params in a new git + DVC repo."""
+    root = proj.root
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copytree(
         REPO / "pipeline_lib", root / "pipeline_lib", ignore=shutil.ignore_patterns("__pycache__")
     )
     (root / "data" / "raw").mkdir(parents=True)
     (root / "data" / "raw" / "README.md").write_text("raw recordings\n")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny(shipped_params()), sort_keys=False))
-    proj = Project(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     proj.run("git", "init", "-q")
     proj.run("dvc", "init", "-q")
     proj.run("dvc", "config", "core.analytics", "false")
+    return proj
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    root = tmp_path_factory.mktemp("dvcproj")
+    proj = init_project(Project(root), tiny(shipped_params()))
     proj.run("dvc", "remote", "add", "-d", "local", str(root.parent / f"{root.name}-remote"))
     return proj
 

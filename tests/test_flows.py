@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from pipeline_lib.errors import SoundopsError
 from pipeline_lib.monitor import regression
 from pipeline_lib.params import parse_params
 from pipeline_lib.tracking import configure
-from tests.conftest import REPO, shipped_params
-from tests.test_dvc_pipeline import Project, tiny
+from tests.conftest import shipped_params
+from tests.test_dvc_pipeline import Project, init_project, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -47,39 +46,26 @@ class Built(Project):
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """A tiny project after two `soundops run build` started at the same moment."""
     root = tmp_path_factory.mktemp("flowproj")
-    shutil.copy(REPO / "dvc.yaml", root)
-    shutil.copytree(
-        REPO / "pipeline_lib", root / "pipeline_lib", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (root / "data" / "raw").mkdir(parents=True)
-    (root / "data" / "raw" / "README.md").write_text("raw recordings\n")
-    (root / "params.yaml").write_text(yaml.safe_dump(flow_params(), sort_keys=False))
     proj = Built(root)
     proj.env |= {"PREFECT_HOME": str(root.parent / f"{root.name}-prefect"), "TQDM_DISABLE": "1"}
     proj.env.pop("PREFECT_API_URL", None)
     proj.env.pop("MLFLOW_TRACKING_URI", None)
-    proj.run("git", "init", "-q")
-    proj.run("dvc", "init", "-q")
-    proj.run("dvc", "config", "core.analytics", "false")
-    first = subprocess.Popen(
-        ["soundops", "run", "build"],
-        cwd=root,
-        env=proj.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    second = subprocess.Popen(
-        ["soundops", "run", "build"],
-        cwd=root,
-        env=proj.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out_a, err_a = first.communicate(timeout=1500)
-    out_b, err_b = second.communicate(timeout=1500)
-    proj.builds = [(first.returncode, out_a, err_a), (second.returncode, out_b, err_b)]
+    init_project(proj, flow_params())
+    builds = [
+        subprocess.Popen(
+            ["soundops", "run", "build"],
+            cwd=root,
+            env=proj.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    proj.builds = []
+    for b in builds:
+        out, err = b.communicate(timeout=1500)
+        proj.builds.append((b.returncode, out, err))
     return proj
 
 
