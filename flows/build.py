@@ -24,7 +24,7 @@ from pipeline_lib.tracking import (
     stage_names,
 )
 from tasks.registry import register_version
-from tasks.stages import dvc_push, run_stage
+from tasks.stages import push, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def _build(project: Path) -> dict[str, Any]:
             run_id = run.info.run_id
             stages = run_stages(project, run_id, experiment_id)
             log_params_and_version(project, run_id)
+            pushed = push(str(project))  # before registering: a version's data is in the remote
             registered = register_version(str(project), run_id)
-            pushed = dvc_push(str(project))
     return {
         "flow": "build",
         "run_id": run_id,

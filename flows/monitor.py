@@ -39,10 +39,11 @@ def retrain_deployment_served() -> bool:
 
     try:
         with get_client(sync_client=True) as client:
-            client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
+            dep = client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
     except Exception:  # ObjectNotFound, or no server answering: run retrain here
         return False
-    return True
+    # READY only while a `soundops serve` process polls for its runs
+    return str(getattr(dep.status, "value", dep.status)).upper() == "READY" and not dep.paused
 
 
 @task(name="score-field-audio", cache_policy=NO_CACHE)
@@ -77,7 +78,7 @@ def _monitor(project: Path, channel: str) -> dict[str, Any]:
             {
                 "version": version.version,
                 "channel": channel,
-                "regression": verdict.regression,
+                "regression": verdict.regression or verdict.over_target,
                 "over_target": verdict.over_target,
                 "verdict": verdict.reason,
             }

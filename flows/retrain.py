@@ -20,7 +20,7 @@ from pipeline_lib.params import load_params
 from pipeline_lib.project_lock import project_lock
 from pipeline_lib.tracking import configure, git_commit
 from tasks.registry import accept_mined, register_version
-from tasks.stages import run_stage
+from tasks.stages import push, run_stage
 
 
 def champion(params: Any) -> registry.Version | None:
@@ -54,16 +54,24 @@ def _retrain(project: Path, reason: str) -> dict[str, Any]:
             except SoundopsError as exc:
                 accepted = {"accepted": 0, "new": 0, "clips": 0, "error": str(exc)}
             mlflow.log_metrics({"accepted": accepted["accepted"], "new_clips": accepted["new"]})
-            if accepted["new"] == 0:
-                why = accepted.get("error") or "the mined candidates were all accepted before"
-                logger.info("nothing to retrain on: %s", why)
-                mlflow.set_tag("verdict", f"not retrained: {why}")
-                return {"flow": "retrain", "run_id": run_id, "retrained": False, "why": why}
+            # the stages run even with no new clips: an earlier retrain may have accepted
+            # them and failed before registering; DVC skips what is up to date
             stages += run_stages(project, run_id, experiment_id)
             log_params_and_version(project, run_id)
             champ = champion(params)
+            newest = max((v.version for v in registry.versions_or_none(params)), default=0)
+            push(str(project))
             registered = register_version(str(project), run_id, set_candidate=False)
             challenger = registry.get_version(params, str(registered["version"]))
+            if challenger.version <= newest:
+                cause = accepted.get("error") or "no new hard negatives"
+                why = (
+                    f"nothing new to train on ({cause}); version {challenger.version} "
+                    "already holds these outputs"
+                )
+                logger.info("retrain: %s", why)
+                mlflow.set_tag("verdict", why)
+                return {"flow": "retrain", "run_id": run_id, "retrained": False, "why": why}
             if registered["failed_gates"]:
                 promoted, why = False, "gates failed: " + "; ".join(registered["failed_gates"])
             elif champ is None:

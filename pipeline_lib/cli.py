@@ -262,8 +262,8 @@ def run_flow(
 
                     state = retrain(root=str(project), reason="run by hand", return_state=True)
         done = cast("State[Any]", state)  # a sync flow's state, not an awaitable
-        if done.is_failed():
-            raise SoundopsError(done.message or f"flow {flow} failed")
+        if not done.is_completed():  # failed, crashed or cancelled
+            raise SoundopsError(done.message or f"flow {flow} ended {done.type.value.lower()}")
         result = done.result()
     except SoundopsError as exc:
         _fail(exc)
@@ -337,6 +337,14 @@ def serve_cmd(
         _fail(exc)
 
 
+def _registry_errors() -> tuple[type[Exception], ...]:
+    """Errors a registry command reports in one sentence (an unreachable tracking server,
+    a store MLflow refuses), besides our own."""
+    from mlflow.exceptions import MlflowException
+
+    return (SoundopsError, MlflowException)
+
+
 def _registry(root: Path) -> tuple[Path, Params]:
     from pipeline_lib.tracking import configure
 
@@ -354,8 +362,8 @@ def models_list(root: ROOT_OPT = Path()) -> None:
     try:
         _, params = _registry(root)
         found = registry.versions(params)
-    except SoundopsError as exc:
-        _fail(exc)
+    except _registry_errors() as exc:
+        _fail(SoundopsError(str(exc)))
         return
     table = Table(title=params.release.model_name)
     for col in (
@@ -398,8 +406,8 @@ def models_compare(
     try:
         _, params = _registry(root)
         va, vb = registry.get_version(params, a), registry.get_version(params, b)
-    except SoundopsError as exc:
-        _fail(exc)
+    except _registry_errors() as exc:
+        _fail(SoundopsError(str(exc)))
         return
     table = Table(title=f"{params.release.model_name}: v{va.version} vs v{vb.version}")
     table.add_column("")
@@ -427,8 +435,8 @@ def models_promote(
     try:
         project, params = _registry(root)
         v, bundle = registry.promote(params, version, channel, project)
-    except SoundopsError as exc:
-        _fail(exc)
+    except _registry_errors() as exc:
+        _fail(SoundopsError(str(exc)))
         return
     _out().print(
         f"{channel} → version {v.version}; release bundle in {bundle.relative_to(project)}"
@@ -446,8 +454,8 @@ def models_rollback(
     try:
         project, params = _registry(root)
         v = registry.rollback(params, channel, project)
-    except SoundopsError as exc:
-        _fail(exc)
+    except _registry_errors() as exc:
+        _fail(SoundopsError(str(exc)))
         return
     _out().print(f"{channel} → version {v.version} (rolled back)")
 

@@ -38,7 +38,10 @@ def project_lock(root: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
                 handle.seek(0)
                 holder = handle.read().strip() or "{}"
                 handle.close()
-                info = json.loads(holder) if holder.startswith("{") else {}
+                try:
+                    info = json.loads(holder)
+                except ValueError:  # the holder is writing it this instant
+                    info = {}
                 raise SoundopsError(
                     f"{path}: another {info.get('what', 'build')} (pid {info.get('pid', '?')}, "
                     f"since {info.get('since', '?')}) is running in this project; wait for it "

@@ -58,7 +58,6 @@ def configure(root: Path, params: Params) -> str:
     uri = tracking_uri(root, params)
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the stages' subprocesses log here too
     name = params.release.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:

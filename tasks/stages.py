@@ -62,6 +62,15 @@ class StageFailedError(SoundopsError):
     """A stage run by a flow failed (the sentence is the stage's own)."""
 
 
+def push(root: str) -> bool:
+    """The DVC push task, its Failed state turned into one exception (as for stages)."""
+    state = dvc_push(root, return_state=True)
+    if state.is_failed():
+        raise StageFailedError(state.message or "dvc push failed")
+    pushed: bool = state.result()
+    return pushed
+
+
 def run_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
     """Run the task and turn its Failed state into one exception with the stage's sentence
     (the task returns a Failed state rather than raising, so no traceback is logged)."""
@@ -82,6 +91,7 @@ def run_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> 
 )
 def dvc_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> Any:
     """Run one stage through DVC and log it to MLflow as a child run of the flow's run."""
+    import mlflow
     from mlflow import MlflowClient
 
     logger = get_run_logger()
@@ -92,9 +102,12 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> 
         tags={"mlflow.parentRunId": parent_run_id, "soundops.stage": stage},
     )
     run_id = child.info.run_id
-    env = (
-        os.environ | quiet_env() | {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id}
-    )
+    env = os.environ | quiet_env()
+    env |= {
+        "MLFLOW_RUN_ID": run_id,
+        "MLFLOW_EXPERIMENT_ID": experiment_id,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),  # the stage logs to the flow's store
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     start = time.perf_counter()
     code, output = _run_dvc(stage, Path(root), env)
@@ -115,7 +128,7 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> 
 
 
 @task(name="dvc-push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def dvc_push(root: str) -> bool:
+def dvc_push(root: str) -> Any:
     """Send the build's outputs to the default DVC remote, when the project has one."""
     logger = get_run_logger()
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -127,6 +140,8 @@ def dvc_push(root: str) -> bool:
         return False
     done = subprocess.run(["dvc", "push", "-q"], cwd=root, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise StageFailedError(f"dvc push failed: {_failure_sentence('push', done.stderr)}")
+        sentence = f"dvc push failed: {_failure_sentence('push', done.stderr)}"
+        logger.error(sentence)
+        return Failed(message=sentence)
     logger.info("pushed to DVC remote '%s'", remote.stdout.strip())
     return True

@@ -269,3 +269,16 @@ def test_serve_deploys_schedules_from_params_and_retrain_on_the_regression_event
     (trigger,) = found["soundops-retrain"].triggers
     assert trigger.expect == {EVENT}
     assert trigger.parameters is not None and trigger.parameters["root"] == str(tmp_path)
+
+
+def test_registry_commands_on_a_project_with_no_versions_say_so(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params(), sort_keys=False))
+    params = parse_params(shipped_params())
+    configure(tmp_path, params)
+    for call in (
+        lambda: registry.rollback(params, "edge", tmp_path),
+        lambda: registry.promote(params, "1", "edge", tmp_path),
+    ):
+        with pytest.raises(SoundopsError, match="no registered versions yet"):
+            call()
+    assert not (tmp_path / "releases").exists()
