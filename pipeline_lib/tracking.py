@@ -39,9 +39,14 @@ def quiet_env() -> dict[str, str]:
     }
 
 
+# Read once, at import: ``mlflow.set_tracking_uri`` writes this variable itself, so a later
+# read would see the previous project's store rather than the user's choice.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(root: Path, params: Params) -> str:
-    """The environment wins, then params, then the project's own SQLite file."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    """The user's environment wins, then params, then the project's own SQLite file."""
+    env = _USER_TRACKING_URI
     if env:
         return env
     if params.release.tracking_uri:
