@@ -19,6 +19,7 @@ from pipeline_lib.project_lock import project_lock
 from pipeline_lib.tracking import (
     configure,
     data_version,
+    flatten_params,
     git_commit,
     git_dirty,
     stage_names,
@@ -34,10 +35,8 @@ def log_params_and_version(root: Path, run_id: str) -> None:
     import mlflow
     import yaml
 
-    from pipeline_lib.tracking import _flatten_params
-
     raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    flat = {k[:250]: v[:6000] for k, v in _flatten_params(raw, "").items()}
+    flat = {k[:250]: v[:6000] for k, v in flatten_params(raw, "").items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):
         mlflow.log_params(dict(items[i : i + 100]), run_id=run_id)

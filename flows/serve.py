@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import Params
+from pipeline_lib.tracking import STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def start_local_server(
     root: Path, port: int = 4200, timeout_s: float = 300.0
 ) -> subprocess.Popen[bytes]:
     """``prefect server start`` on 127.0.0.1 with its home in the project."""
-    env = os.environ | {"PREFECT_HOME": str(root / ".soundops" / "prefect")}
+    env = os.environ | {"PREFECT_HOME": str(root / STATE_DIR / "prefect")}
     proc = subprocess.Popen(
         [
             sys.executable,

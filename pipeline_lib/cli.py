@@ -349,8 +349,7 @@ def _registry(root: Path) -> tuple[Path, Params]:
     from pipeline_lib.tracking import configure
 
     project, params = _load(root)
-    os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
-    configure(project, params)
+    configure(project, params)  # with MLflow's telemetry off (tracking.quiet_env)
     return project, params
 
 

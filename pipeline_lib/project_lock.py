@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline_lib.errors import SoundopsError
+from pipeline_lib.tracking import STATE_DIR
 
 _held: dict[Path, IO[str]] = {}
 
@@ -22,7 +23,7 @@ _held: dict[Path, IO[str]] = {}
 def project_lock(root: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold ``.soundops/build.lock`` (re-entrant in one process). A second holder waits up
     to ``wait_s`` and then fails with one sentence naming who holds it."""
-    path = (root / ".soundops" / "build.lock").resolve()
+    path = (root / STATE_DIR / "build.lock").resolve()
     if path in _held:
         yield
         return

@@ -12,7 +12,6 @@ history so :func:`rollback` can restore the previous version.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_lib.atomic import write_json, write_text
+from pipeline_lib.device import sha256
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import Params, ReleaseGates
 from pipeline_lib.tracking import STATE_DIR, data_version, eval_audio_hash, git_commit
@@ -294,10 +294,6 @@ def _history(params: Params, channel: str) -> list[int]:
     return [int(v) for v in json.loads(raw)]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_bundle(params: Params, version: Version, root: Path, channel: str) -> Path:
     """``releases/CHANNEL/vN/``: the INT8 files, device manifest, model card, SHA256SUMS
     and release.json; written to a staging folder and renamed into place."""
@@ -308,7 +304,7 @@ def write_bundle(params: Params, version: Version, root: Path, channel: str) -> 
     staging.mkdir(parents=True)
     for name in BUNDLE_FILES:
         shutil.copyfile(files / name, staging / name)
-    sums = "".join(f"{_sha256(staging / n)}  {n}\n" for n in BUNDLE_FILES)
+    sums = "".join(f"{sha256(staging / n)}  {n}\n" for n in BUNDLE_FILES)
     write_text(staging / "SHA256SUMS", sums)
     write_json(
         staging / "release.json",

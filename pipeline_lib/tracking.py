@@ -132,11 +132,12 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _flatten_params(obj: Any, prefix: str) -> dict[str, str]:
+def flatten_params(obj: Any, prefix: str) -> dict[str, str]:
+    """Nested params as MLflow param keys (``train.boost.share``), lists as JSON."""
     if isinstance(obj, dict):
         out: dict[str, str] = {}
         for key, value in obj.items():
-            out |= _flatten_params(value, f"{prefix}.{key}" if prefix else str(key))
+            out |= flatten_params(value, f"{prefix}.{key}" if prefix else str(key))
         return out
     return {prefix: json.dumps(obj) if isinstance(obj, list | dict) else str(obj)}
 
@@ -171,7 +172,7 @@ def log_stage(root: Path, stage: str, run_id: str) -> None:
         value: Any = raw
         for part in str(key).split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        params |= _flatten_params(value, str(key))
+        params |= flatten_params(value, str(key))
     for key, value in params.items():  # one call each: MLflow caps param values at 6000
         client.log_param(run_id, key[:250], value[:6000])
     metrics: dict[str, float] = {}

@@ -25,6 +25,14 @@ from pipeline_lib.tracking import log_stage, quiet_env
 TRANSIENT = ("Unable to acquire lock", "is busy, retry")
 
 
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin folder first on PATH, so ``dvc`` is the
+    project's own even when the flow runs from a deployment without the venv activated."""
+    return os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    }
+
+
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return any(t in (state.message or "") for t in TRANSIENT)
 
@@ -102,13 +110,12 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> 
         tags={"mlflow.parentRunId": parent_run_id, "soundops.stage": stage},
     )
     run_id = child.info.run_id
-    env = os.environ | quiet_env()
+    env = tool_env() | quiet_env()
     env |= {
         "MLFLOW_RUN_ID": run_id,
         "MLFLOW_EXPERIMENT_ID": experiment_id,
         "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),  # the stage logs to the flow's store
     }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     start = time.perf_counter()
     code, output = _run_dvc(stage, Path(root), env)
     seconds = time.perf_counter() - start
@@ -131,7 +138,7 @@ def dvc_stage(stage: str, root: str, parent_run_id: str, experiment_id: str) -> 
 def dvc_push(root: str) -> Any:
     """Send the build's outputs to the default DVC remote, when the project has one."""
     logger = get_run_logger()
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tool_env()
     remote = subprocess.run(
         ["dvc", "remote", "default"], cwd=root, env=env, capture_output=True, text=True
     )
