@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint typecheck unit bench clean help
+.PHONY: setup demo test lint typecheck unit browser bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,7 +39,15 @@ lint: setup  ## ruff
 typecheck: setup  ## mypy (strict)
 	$(BIN)/mypy
 
-unit: setup  ## pytest
+browser:  ## Debian's chromium for the browser test (installed when missing and run as root)
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$SOUNDOPS_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "the browser test needs Debian's chromium: run 'sudo apt-get install chromium' and make test again." >&2; exit 1; \
+	  fi; }
+
+unit: setup browser  ## pytest
 	$(BIN)/pytest
 
 test: lint typecheck unit  ## everything CI runs

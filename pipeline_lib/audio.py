@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -33,14 +34,20 @@ def read_audio(path: Path) -> Decoded:
     Raises :class:`AudioError` naming the file when it cannot be decoded, is empty, or holds
     NaN/inf samples.
     """
+    return decode_audio(str(path), str(path))
+
+
+def decode_audio(source: str | BinaryIO, name: str) -> Decoded:
+    """:func:`read_audio` for a path or an open binary file (an upload); ``name`` is what
+    the error sentence calls it."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise AudioError(f"{path}: undecodable audio ({_short(exc)}).") from None
+        raise AudioError(f"{name}: undecodable audio ({_short(exc)}).") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: empty audio (no samples).")
+        raise AudioError(f"{name}: empty audio (no samples).")
     if not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio holds NaN or infinite samples.")
+        raise AudioError(f"{name}: audio holds NaN or infinite samples.")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return Decoded(np.ascontiguousarray(mono, dtype=np.float32), rate, rate, data.shape[1])
 

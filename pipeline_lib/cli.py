@@ -459,6 +459,78 @@ def models_rollback(
     _out().print(f"{channel} → version {v.version} (rolled back)")
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve-model")
+def serve_model(
+    root: ROOT_OPT = Path(),
+    alias: Annotated[
+        str | None, typer.Option(help="Alias or version served (default service.alias).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default service.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default service.port).")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="onnx or tflite (default service.runtime).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SOUNDOPS_SERVICE_TOKEN", help="Required on /v1 when set."),
+    ] = None,
+) -> None:
+    """Serve the registered model behind an alias (default `edge`): file detection,
+    second-stage verification, live microphone streams and a browser view at /.
+    Binds to localhost; any other address needs a token. Stop with Ctrl-C."""
+    import pydantic
+
+    from pipeline_lib.params import ServiceParams
+
+    try:
+        project, params = _registry(root)
+        overrides = {"alias": alias, "host": host, "port": port, "runtime": runtime}
+        try:
+            service = ServiceParams.model_validate(
+                params.service.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+            )
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            raise SoundopsError(f"--{first['loc'][0]}: {first['msg']}.") from None
+        if not _loopback(service.host) and not token:
+            raise SoundopsError(
+                f"service.host {service.host} is reachable from other machines; set a token "
+                "with --token or SOUNDOPS_SERVICE_TOKEN."
+            )
+        import uvicorn
+
+        from pipeline_lib.service_app import create_app
+        from pipeline_lib.serving import Models
+
+        models = Models(project, params, service)
+        ref, model = models.get(None)  # an unknown alias fails here, not at the first request
+    except _registry_errors() as exc:
+        _fail(SoundopsError(str(exc)))
+        return
+    _out().print(
+        f"serving {model.name} version {model.version} ('{ref}', {service.runtime}) on "
+        f"http://{service.host}:{service.port}/  (API schema at /docs and /openapi.json)"
+    )
+    uvicorn.run(
+        create_app(models, params, service, token),
+        host=service.host,
+        port=service.port,
+        log_level="info",
+        ws_max_size=int(service.max_frame_s * 2 * model.spec.rate * 2) + 1024,
+    )
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m pipeline_lib.cli`
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     sys.exit(app())

@@ -452,6 +452,24 @@ class ReleaseParams(_Strict):
     schedules: ScheduleParams
 
 
+class ServiceParams(_Strict):
+    """``soundops serve-model``: what it serves and the limits that keep one client from
+    starving the others; no DVC stage reads it."""
+
+    alias: Annotated[str, Field(min_length=1)]
+    runtime: Literal["onnx", "tflite"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024)]
+    max_verify_s: Annotated[float, Field(gt=0, le=60)]
+    verify_preset: Annotated[str, Field(min_length=1)]
+    max_frame_s: Annotated[float, Field(gt=0, le=10)]
+    max_speed: Annotated[float, Field(ge=1)]
+    max_streams: Annotated[int, Field(ge=1, le=10000)]
+    possible_ratio: Annotated[float, Field(gt=0, lt=1)]
+    alias_ttl_s: Annotated[float, Field(ge=0)]
+
+
 class SplitParams(_Strict):
     """Ratios of groups per split; ``salt`` changes every assignment, so change it never."""
 
@@ -489,6 +507,7 @@ class Params(_Strict):
     mine: MineParams
     export: ExportParams
     release: ReleaseParams
+    service: ServiceParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -530,6 +549,12 @@ class Params(_Strict):
             raise _KeyedError(
                 "release.compare.fah",
                 f"{cmp.fah} is not one of evaluate.fah_targets {self.evaluate.fah_targets}",
+            )
+        if self.service.verify_preset not in self.calibrate.presets:
+            raise _KeyedError(
+                "service.verify_preset",
+                f"'{self.service.verify_preset}' is not one of calibrate.presets "
+                f"{sorted(self.calibrate.presets)}",
             )
         return self
 

@@ -259,12 +259,15 @@ def get_version(params: Params, ref: str) -> Version:
     ) from None
 
 
-def download(params: Params, version: Version, root: Path) -> Path:
-    """The version's export files, cached under ``.soundops/models/NAME/VERSION``."""
+def download(
+    params: Params, version: Version, root: Path, need: tuple[str, ...] = EXPORT_FILES
+) -> Path:
+    """The version's export files, cached under ``.soundops/models/NAME/VERSION``
+    (downloaded again unless every file in ``need`` is there)."""
     import mlflow.artifacts
 
     dest = root / STATE_DIR / "models" / version.name / str(version.version)
-    if all((dest / f).is_file() for f in EXPORT_FILES):
+    if all((dest / f).is_file() for f in need):
         return dest
     staging = dest.with_name(f".{dest.name}.downloading")
     shutil.rmtree(staging, ignore_errors=True)

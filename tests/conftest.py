@@ -98,3 +98,11 @@ def tiny_model(folder: Path, front_end: str = "micro", seed: int = 0) -> Path:
 def calibration_dict(threshold: float = 0.5, smoothing: int = 2) -> dict[str, Any]:
     rule = {"hop_frames": 10, "smoothing": smoothing, "threshold": threshold, "refractory_s": 2.0}
     return {"temperature": 1.0, "preset": "balanced", "presets": {"balanced": rule}}
+
+
+@pytest.fixture(scope="session")
+def chirp_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chirp detector trained and exported to INT8 once per test session (~40 s)."""
+    from tests import chirp_model
+
+    return chirp_model.export(tmp_path_factory.mktemp("chirp"))

@@ -1,0 +1,324 @@
+"""The live detection service's model side, kept free of HTTP so it is testable alone.
+
+:class:`Models` resolves a registry alias to a version and loads that version's INT8 model
+once (onnxruntime, or TensorFlow Lite Micro as on the device). A request runs a fresh
+:class:`~pipeline_lib.streaming.StreamingDetector` over an uploaded clip; a
+:class:`StreamSession` keeps one detector per microphone stream and enforces the frame
+limits, so a bad or greedy client is refused without touching anyone else's state.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_lib import registry
+from pipeline_lib.audio import decode_audio, resample
+from pipeline_lib.errors import AudioError, SoundopsError
+from pipeline_lib.modelio import ModelSpec
+from pipeline_lib.params import Params, ServiceParams
+from pipeline_lib.scorers import OnnxScorer, Scorer, load_scorer
+from pipeline_lib.streaming import Calibration, Scored, StreamingDetector
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILES = {
+    "onnx": ("model_int8.onnx",),
+    "tflite": ("model_int8.tflite", "device_manifest.json"),
+}
+STATUSES = ("clear", "possible", "detected")
+
+
+class UnknownVersionError(SoundopsError):
+    """The alias or version asked for is not in the registry (the sentence names what is)."""
+
+
+class _Serialised:
+    """A scorer behind a lock: one TFLite Micro interpreter holds per-call state, so the
+    service's worker threads take turns (onnxruntime sessions need no lock)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.inner, self.spec, self.name = scorer, scorer.spec, scorer.name
+        self.calibration = scorer.calibration
+        self._lock = threading.Lock()
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.inner.logits(windows)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One registered version, loaded: its scorer and the two decision rules it serves
+    (the calibrated preset for detection, ``service.verify_preset`` for verification)."""
+
+    name: str
+    version: int
+    runtime: str
+    scorer: Scorer
+    detect: Calibration
+    verify: Calibration
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.scorer.spec
+
+    def info(self, ref: str) -> dict[str, Any]:
+        rule = self.detect.rule
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": ref,
+            "runtime": self.runtime,
+            "rate": self.spec.rate,
+            "window_s": round(self.spec.frames * 0.01, 4),
+            "hop_s": round(rule.hop_s, 4),
+            "preset": self.detect.preset,
+            "threshold": rule.threshold,
+            "smoothing": rule.smoothing,
+            "refractory_s": rule.refractory_s,
+            "verify_preset": self.verify.preset,
+            "verify_threshold": self.verify.rule.threshold,
+            "classes": list(self.spec.classes),
+        }
+
+
+def load_version(
+    folder: Path, name: str, version: int, runtime: str, verify_preset: str
+) -> ServedModel:
+    """The runtime's INT8 file of a downloaded version, with the calibration it carries."""
+    wanted = RUNTIME_FILES[runtime]
+    missing = [f for f in wanted if not (folder / f).is_file()]
+    if missing:
+        raise SoundopsError(
+            f"model '{name}' version {version} has no {missing[0]}; "
+            f"service.runtime '{runtime}' needs {', '.join(wanted)}."
+        )
+    scorer: Scorer
+    if runtime == "onnx":
+        # one thread per call: the service scores many small batches from many streams at
+        # once, and its worker threads share the cores better than intra-op threads do
+        scorer = OnnxScorer(folder / wanted[0], threads=1)
+        raw = scorer.calibration
+    else:
+        scorer = _Serialised(load_scorer(folder / wanted[0]))
+        raw = scorer.calibration
+    if not raw:
+        raise SoundopsError(
+            f"model '{name}' version {version}: {wanted[0]} carries no calibration; "
+            "export it with the soundops export stage."
+        )
+    return ServedModel(
+        name=name,
+        version=version,
+        runtime=runtime,
+        scorer=scorer,
+        detect=Calibration.from_dict(raw),
+        verify=Calibration.from_dict(raw, verify_preset),
+    )
+
+
+class Models:
+    """Registry aliases resolved to loaded versions. An alias is looked up again after
+    ``service.alias_ttl_s``, so a promotion is served without a restart; each version is
+    downloaded and loaded once."""
+
+    def __init__(self, root: Path, params: Params, service: ServiceParams) -> None:
+        self.root, self.params, self.service = root, params, service
+        self._lock = threading.Lock()
+        self._refs: dict[str, tuple[float, int]] = {}
+        self._loaded: dict[int, ServedModel] = {}
+
+    def get(self, ref: str | None = None) -> tuple[str, ServedModel]:
+        """``(ref, model)`` for a version number or alias (default ``service.alias``);
+        an unknown one is a :class:`SoundopsError` naming what exists."""
+        ref = (ref or self.service.alias).strip()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._refs.get(ref)
+            if hit is not None and now - hit[0] < self.service.alias_ttl_s:
+                return ref, self._loaded[hit[1]]
+            try:
+                version = registry.get_version(self.params, ref)
+            except SoundopsError as exc:
+                raise UnknownVersionError(str(exc)) from None
+            if version.version not in self._loaded:
+                folder = registry.download(
+                    self.params, version, self.root, RUNTIME_FILES[self.service.runtime]
+                )
+                self._loaded[version.version] = load_version(
+                    folder,
+                    version.name,
+                    version.version,
+                    self.service.runtime,
+                    self.service.verify_preset,
+                )
+                log.info(
+                    "serving %s version %d as '%s' (%s)",
+                    version.name,
+                    version.version,
+                    ref,
+                    self.service.runtime,
+                )
+            self._refs[ref] = (now, version.version)
+            return ref, self._loaded[version.version]
+
+
+def decode_upload(data: bytes, name: str, rate: int, rates: tuple[float, float]) -> np.ndarray:
+    """An uploaded file's audio, mono float32 at the model's ``rate``; any format and rate
+    the ingest stage takes (rates within ``validate.source_rate_hz``)."""
+    if not data:
+        raise AudioError(f"{name}: empty upload (no bytes).")
+    dec = decode_audio(io.BytesIO(data), name)
+    lo, hi = rates
+    if not lo <= dec.rate <= hi:
+        raise AudioError(
+            f"{name}: sample rate {dec.rate} Hz is outside validate.source_rate_hz "
+            f"({lo:g}-{hi:g} Hz)."
+        )
+    return resample(dec.samples, dec.rate, rate)
+
+
+def _events(scored: Scored) -> list[dict[str, float]]:
+    return [{"time_s": round(t, 3), "score": round(s, 4)} for t, s in scored.events]
+
+
+def _windows(scored: Scored) -> dict[str, list[float]]:
+    return {
+        "time_s": [round(float(v), 3) for v in scored.times],
+        "score": [round(float(v), 4) for v in scored.scores],
+        "smoothed": [round(float(v), 4) for v in scored.smoothed],
+    }
+
+
+def run_clip(model: ServedModel, samples: np.ndarray, calibration: Calibration) -> Scored:
+    """A whole clip through a fresh detector (a clip shorter than a window is scored once,
+    zero-padded)."""
+    det = StreamingDetector(model.scorer, calibration)
+    return Scored.join([det.push(samples), det.finish()])
+
+
+def detect_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
+    """Events and per-window scores of a clip under the calibrated rule."""
+    scored = run_clip(model, samples, model.detect)
+    return {
+        "duration_s": round(samples.size / model.spec.rate, 3),
+        "events": _events(scored),
+        "windows": _windows(scored),
+    }
+
+
+def verify_clip(model: ServedModel, samples: np.ndarray, max_s: float) -> dict[str, Any]:
+    """The second-stage check: the clip's highest smoothed score under the verify preset
+    against that preset's threshold (the device woke at its own, laxer one)."""
+    seconds = samples.size / model.spec.rate
+    if seconds > max_s:
+        raise AudioError(
+            f"clip is {seconds:.1f} s; /v1/verify takes at most service.max_verify_s = "
+            f"{max_s:g} s (send long audio to /v1/detect)."
+        )
+    scored = run_clip(model, samples, model.verify)
+    score = float(scored.smoothed.max()) if scored.smoothed.size else 0.0
+    threshold = model.verify.rule.threshold
+    return {
+        "label": "target" if score >= threshold else "other",
+        "score": round(score, 4),
+        "threshold": threshold,
+        "preset": model.verify.preset,
+        "duration_s": round(seconds, 3),
+    }
+
+
+class FrameError(Exception):
+    """A frame the stream refuses: the WebSocket close code and one sentence."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class StreamSession:
+    """One microphone stream: its own detector, its status, and its limits.
+
+    Frames are 16-bit little-endian mono PCM at the model's rate. Audio may arrive at most
+    ``max_speed`` times faster than real time (plus a burst of a few frames), so one client
+    cannot take the cores from the others.
+    """
+
+    model: ServedModel
+    limits: ServiceParams
+    started: float = field(default_factory=time.monotonic)
+    received_s: float = 0.0
+    last_event_s: float | None = None
+    peak: float = 0.0
+    det: StreamingDetector = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.det = StreamingDetector(self.model.scorer, self.model.detect)
+
+    @property
+    def rate(self) -> int:
+        return self.model.spec.rate
+
+    def check(self, frame: bytes, now: float | None = None) -> np.ndarray:
+        """The frame as float32 samples, or a :class:`FrameError` (1007 malformed,
+        1009 too long, 1008 too fast)."""
+        if len(frame) == 0 or len(frame) % 2:
+            raise FrameError(
+                1007,
+                f"frame of {len(frame)} bytes: /v1/stream takes 16-bit PCM, an even, "
+                "non-zero number of bytes.",
+            )
+        seconds = len(frame) / 2 / self.rate
+        if seconds > self.limits.max_frame_s:
+            raise FrameError(
+                1009,
+                f"frame of {seconds:.2f} s is longer than service.max_frame_s = "
+                f"{self.limits.max_frame_s:g} s.",
+            )
+        elapsed = (now if now is not None else time.monotonic()) - self.started
+        burst = 2.0 + 2 * self.limits.max_frame_s
+        if self.received_s + seconds > self.limits.max_speed * elapsed + burst:
+            raise FrameError(
+                1008,
+                f"audio arrives faster than service.max_speed = {self.limits.max_speed:g}x "
+                "real time; send frames as the microphone produces them.",
+            )
+        self.received_s += seconds
+        pcm = np.frombuffer(frame, dtype="<i2")
+        return pcm.astype(np.float32) / 32768.0
+
+    def feed(self, samples: np.ndarray) -> dict[str, Any]:
+        """Score what the samples complete; the message sent back to the client."""
+        scored = self.det.push(samples)
+        rule = self.model.detect.rule
+        if scored.events:
+            self.last_event_s = scored.events[-1][0]
+        now_s = self.det.seconds
+        recent = self.last_event_s is not None and now_s - self.last_event_s <= max(
+            1.0, rule.refractory_s
+        )
+        if scored.smoothed.size:  # a frame shorter than the hop keeps the last peak
+            self.peak = float(scored.smoothed.max())
+        peak = self.peak
+        if recent:
+            status = "detected"
+        elif peak >= self.limits.possible_ratio * rule.threshold:
+            status = "possible"
+        else:
+            status = "clear"
+        return {
+            "type": "scores",
+            "audio_s": round(now_s, 3),
+            "status": status,
+            "windows": _windows(scored),
+            "events": _events(scored),
+        }
