@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -481,6 +482,12 @@ def serve_model(
     runtime: Annotated[
         str | None, typer.Option(help="onnx or tflite (default service.runtime).")
     ] = None,
+    max_streams: Annotated[
+        int | None, typer.Option(help="Open streams per process (default service.max_streams).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Server processes (default service.workers).")
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(envvar="SOUNDOPS_SERVICE_TOKEN", help="Required on /v1 when set."),
@@ -495,7 +502,14 @@ def serve_model(
 
     try:
         project, params = _registry(root)
-        overrides = {"alias": alias, "host": host, "port": port, "runtime": runtime}
+        overrides = {
+            "alias": alias,
+            "host": host,
+            "port": port,
+            "runtime": runtime,
+            "max_streams": max_streams,
+            "workers": workers,
+        }
         try:
             service = ServiceParams.model_validate(
                 params.service.model_dump() | {k: v for k, v in overrides.items() if v is not None}
@@ -510,7 +524,7 @@ def serve_model(
             )
         import uvicorn
 
-        from pipeline_lib.service_app import create_app
+        from pipeline_lib.service_app import ENV_CONFIG
         from pipeline_lib.serving import Models
 
         models = Models(project, params, service)
@@ -522,10 +536,16 @@ def serve_model(
         f"serving {model.name} version {model.version} ('{ref}', {service.runtime}) on "
         f"http://{service.host}:{service.port}/  (API schema at /docs and /openapi.json)"
     )
+    # each worker process builds its own app (models, streams) from the same settings
+    os.environ[ENV_CONFIG] = json.dumps(
+        {"root": str(project), "service": service.model_dump(), "token": token}
+    )
     uvicorn.run(
-        create_app(models, params, service, token),
+        "pipeline_lib.service_app:from_environment",
+        factory=True,
         host=service.host,
         port=service.port,
+        workers=service.workers,
         log_level="info",
         ws_max_size=int(service.max_frame_s * 2 * model.spec.rate * 2) + 1024,
     )

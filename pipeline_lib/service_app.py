@@ -313,6 +313,26 @@ def create_app(
     return app
 
 
+ENV_CONFIG = "SOUNDOPS_SERVE_CONFIG"
+
+
+def from_environment() -> FastAPI:
+    """The app of one uvicorn worker process, configured by ``soundops serve-model``
+    through :data:`ENV_CONFIG` (project root, service settings, token)."""
+    import os
+    from pathlib import Path
+
+    from pipeline_lib.params import load_params
+    from pipeline_lib.tracking import configure
+
+    cfg = json.loads(os.environ[ENV_CONFIG])
+    root = Path(cfg["root"])
+    params = load_params(root / "params.yaml")
+    configure(root, params)
+    service = ServiceParams.model_validate(cfg["service"])
+    return create_app(Models(root, params, service), params, service, cfg.get("token"))
+
+
 def _is_end(text: str) -> bool:
     try:
         return bool(json.loads(text) == {"type": "end"})
