@@ -24,6 +24,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -59,12 +60,13 @@ def start_server(
     exe = Path(sys.executable).with_name("soundops")
     cmd = [str(exe), "serve-model", "--root", str(root), "--port", str(port), "--alias", alias]
     cmd += ["--max-streams", str(streams), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(tempfile.mkstemp(prefix="soundops-serve-", suffix=".log")[1])
+    with log.open("wb") as out:  # a file, not a pipe: nobody reads it while streams run
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            sys.exit(f"soundops serve-model exited: {err.strip().splitlines()[-1:]}")
+            sys.exit(f"soundops serve-model exited: {log.read_text().strip().splitlines()[-1:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc

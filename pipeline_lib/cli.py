@@ -547,6 +547,7 @@ def serve_model(
         port=service.port,
         workers=service.workers,
         log_level="info",
+        access_log=token is None,  # access lines would carry ?token=
         ws_max_size=int(service.max_frame_s * 2 * model.spec.rate * 2) + 1024,
     )
 

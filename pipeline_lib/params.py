@@ -462,6 +462,7 @@ class ServiceParams(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)]
     workers: Annotated[int, Field(ge=1, le=64)]
     max_upload_mb: Annotated[float, Field(gt=0, le=1024)]
+    max_detect_s: Annotated[float, Field(gt=0)]
     max_verify_s: Annotated[float, Field(gt=0, le=60)]
     verify_preset: Annotated[str, Field(min_length=1)]
     max_frame_s: Annotated[float, Field(gt=0, le=10)]

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,15 +270,23 @@ def download(
     dest = root / STATE_DIR / "models" / version.name / str(version.version)
     if all((dest / f).is_file() for f in need):
         return dest
-    staging = dest.with_name(f".{dest.name}.downloading")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    mlflow.artifacts.download_artifacts(
-        run_id=version.run_id, artifact_path="export", dst_path=str(staging)
-    )
-    shutil.rmtree(dest, ignore_errors=True)
-    (staging / "export").rename(dest)
-    shutil.rmtree(staging, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # a staging folder of this process's own: service workers may fetch the same version
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="export", dst_path=str(staging)
+        )
+        if all((dest / f).is_file() for f in need):  # another process finished first
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            (staging / "export").rename(dest)
+        except OSError:
+            if not all((dest / f).is_file() for f in need):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 

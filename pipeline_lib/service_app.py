@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from importlib.resources import files
 from typing import Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
@@ -30,6 +31,7 @@ from pipeline_lib.serving import (
     Models,
     ServedModel,
     StreamSession,
+    TooLongError,
     UnknownVersionError,
     decode_upload,
     detect_clip,
@@ -148,13 +150,20 @@ def create_app(
                 401, "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN."
             )
 
+    # registry lookups get threads of their own, so a slow registry cannot take the
+    # worker threads that live streams score in
+    registry_threads = anyio.CapacityLimiter(4)
+
+    async def lookup(ref: str | None) -> tuple[str, ServedModel]:
+        return await anyio.to_thread.run_sync(models.get, ref, limiter=registry_threads)
+
     def info(ref: str, model: ServedModel) -> dict[str, Any]:
         level = service.possible_ratio * model.detect.rule.threshold
         return model.info(ref) | {"possible_level": round(level, 4)}
 
     async def served(ref: str | None) -> tuple[str, ServedModel]:
         try:
-            return await run_in_threadpool(models.get, ref)
+            return await lookup(ref)
         except UnknownVersionError as exc:
             raise HTTPException(404, str(exc)) from None
         except SoundopsError as exc:
@@ -183,15 +192,22 @@ def create_app(
             ).parse()
         except MultiPartException as exc:
             raise HTTPException(400, f"multipart upload: {exc.message}") from None
-        field = form.get("file")
-        if not isinstance(field, UploadFile):
-            raise HTTPException(422, "multipart upload has no file in the field 'file'.")
-        return await field.read(), field.filename or "upload"
+        try:
+            field = form.get("file")
+            if not isinstance(field, UploadFile):
+                raise HTTPException(422, "multipart upload has no file in the field 'file'.")
+            return await field.read(), field.filename or "upload"
+        finally:
+            await form.close()
 
-    async def samples_of(request: Request, model: ServedModel) -> Any:
+    async def samples_of(request: Request, model: ServedModel, max_s: float, key: str) -> Any:
         data, name = await upload(request)
         try:
-            return await run_in_threadpool(decode_upload, data, name, model.spec.rate, rates)
+            return await run_in_threadpool(
+                decode_upload, data, name, model.spec.rate, rates, max_s, key
+            )
+        except TooLongError as exc:
+            raise HTTPException(413, str(exc)) from None
         except AudioError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -203,7 +219,7 @@ def create_app(
     async def health() -> Any:
         """Ready when the default alias resolves to a loaded model."""
         try:
-            ref, model = await run_in_threadpool(models.get, None)
+            ref, model = await lookup(None)
         except SoundopsError as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return {"status": "ok", "model": info(ref, model)}
@@ -223,7 +239,7 @@ def create_app(
     async def detect(request: Request, alias: str | None = None) -> Any:
         """Events (calibrated rule) and every window's score for an audio file."""
         ref, model = await served(alias)
-        samples = await samples_of(request, model)
+        samples = await samples_of(request, model, service.max_detect_s, "service.max_detect_s")
         result = await run_in_threadpool(detect_clip, model, samples)
         return {"model": info(ref, model), **result}
 
@@ -236,17 +252,18 @@ def create_app(
     async def verify(request: Request, alias: str | None = None) -> Any:
         """Second-stage check of a short clip a device woke on (``service.verify_preset``)."""
         ref, model = await served(alias)
-        samples = await samples_of(request, model)
+        samples = await samples_of(request, model, service.max_verify_s, "service.max_verify_s")
         try:
             result = await run_in_threadpool(verify_clip, model, samples, service.max_verify_s)
-        except AudioError as exc:
+        except TooLongError as exc:
             raise HTTPException(413, str(exc)) from None
         return {"model": info(ref, model), **result}
 
     async def refuse(ws: WebSocket, code: int, message: str) -> None:
         log.warning("stream refused (%d): %s", code, message)
         await ws.send_json({"type": "error", "code": code, "message": message})
-        await ws.close(code=code, reason=message[:120])
+        reason = message.encode()[:120].decode(errors="ignore")  # a close frame holds 123 bytes
+        await ws.close(code=code, reason=reason)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket, alias: str | None = None, rate: int | None = None) -> None:
@@ -255,6 +272,9 @@ def create_app(
         if not _token_ok(token, ws.headers.get("authorization"), ws.query_params.get("token")):
             await refuse(ws, CLOSE_UNAUTHORISED, "missing or wrong token: add ?token=TOKEN.")
             return
+        if not _same_origin(ws.headers.get("origin"), ws.headers.get("host")):
+            await refuse(ws, 1008, "a page from another site may not open /v1/stream.")
+            return
         if app.state.streams >= service.max_streams:
             await refuse(
                 ws,
@@ -262,8 +282,17 @@ def create_app(
                 f"service.max_streams = {service.max_streams} streams are open; retry later.",
             )
             return
+        app.state.streams += 1  # taken before the first await, so a rush cannot overshoot
         try:
-            ref, model = await run_in_threadpool(models.get, alias)
+            await _serve_stream(ws, alias, rate)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            app.state.streams -= 1
+
+    async def _serve_stream(ws: WebSocket, alias: str | None, rate: int | None) -> None:
+        try:
+            ref, model = await lookup(alias)
         except UnknownVersionError as exc:
             await refuse(ws, CLOSE_UNKNOWN_MODEL, str(exc))
             return
@@ -279,36 +308,29 @@ def create_app(
             )
             return
         session = StreamSession(model, service)
-        app.state.streams += 1
-        try:
-            await ws.send_json({"type": "ready", "model": info(ref, model)})
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-                if msg.get("bytes") is not None:
-                    try:
-                        samples = session.check(msg["bytes"])
-                    except FrameError as exc:
-                        await refuse(ws, exc.code, str(exc))
-                        break
-                    await ws.send_json(await run_in_threadpool(session.feed, samples))
-                    continue
-                text = msg.get("text") or ""
-                if _is_end(text):
-                    await ws.send_json({"type": "end", "audio_s": round(session.det.seconds, 3)})
-                    await ws.close(1000)
-                    break
-                await refuse(
-                    ws,
-                    1003,
-                    'text message: /v1/stream takes binary 16-bit PCM frames and {"type": "end"}.',
-                )
-                break
-        except WebSocketDisconnect:
-            pass
-        finally:
-            app.state.streams -= 1
+        await ws.send_json({"type": "ready", "model": info(ref, model)})
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes") is not None:
+                try:
+                    samples = session.check(msg["bytes"])
+                except FrameError as exc:
+                    await refuse(ws, exc.code, str(exc))
+                    return
+                await ws.send_json(await run_in_threadpool(session.feed, samples))
+                continue
+            if _is_end(msg.get("text") or ""):
+                await ws.send_json(await run_in_threadpool(session.finish))
+                await ws.close(1000)
+                return
+            await refuse(
+                ws,
+                1003,
+                'text message: /v1/stream takes binary 16-bit PCM frames and {"type": "end"}.',
+            )
+            return
 
     return app
 
@@ -331,6 +353,16 @@ def from_environment() -> FastAPI:
     configure(root, params)
     service = ServiceParams.model_validate(cfg["service"])
     return create_app(Models(root, params, service), params, service, cfg.get("token"))
+
+
+def _same_origin(origin: str | None, host: str | None) -> bool:
+    """Browsers send Origin on WebSocket connections; another site's page must not reach
+    the microphone stream of a service on this machine. Non-browser clients send none."""
+    if not origin:
+        return True
+    from urllib.parse import urlsplit
+
+    return urlsplit(origin).netloc == (host or "")
 
 
 def _is_end(text: str) -> bool:

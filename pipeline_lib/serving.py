@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from pipeline_lib import registry
 from pipeline_lib.audio import decode_audio, resample
@@ -34,6 +35,7 @@ RUNTIME_FILES = {
     "tflite": ("model_int8.tflite", "device_manifest.json"),
 }
 STATUSES = ("clear", "possible", "detected")
+MIN_FRAME_S = 0.01  # one front-end step: smaller frames only cost a thread hop and a reply
 
 
 class UnknownVersionError(SoundopsError):
@@ -137,52 +139,79 @@ class Models:
         self._loaded: dict[int, ServedModel] = {}
 
     def get(self, ref: str | None = None) -> tuple[str, ServedModel]:
-        """``(ref, model)`` for a version number or alias (default ``service.alias``);
-        an unknown one is a :class:`SoundopsError` naming what exists."""
+        """``(ref, model)`` for a version number or alias (default ``service.alias``).
+
+        An unknown one is an :class:`UnknownVersionError` naming what exists. When the
+        registry cannot be reached, an alias already served keeps its version (logged);
+        otherwise that is a :class:`SoundopsError` in one sentence.
+        """
         ref = (ref or self.service.alias).strip()
         now = time.monotonic()
-        with self._lock:
-            hit = self._refs.get(ref)
-            if hit is not None and now - hit[0] < self.service.alias_ttl_s:
-                return ref, self._loaded[hit[1]]
-            try:
-                version = registry.get_version(self.params, ref)
-            except SoundopsError as exc:
-                raise UnknownVersionError(str(exc)) from None
+        hit = self._refs.get(ref)
+        if hit is not None and now - hit[0] < self.service.alias_ttl_s:
+            return ref, self._loaded[hit[1]]
+        try:  # outside the lock: a slow registry must not hold up loaded models
+            version = registry.get_version(self.params, ref)
+        except SoundopsError as exc:
+            raise UnknownVersionError(str(exc)) from None
+        except Exception as exc:  # MLflow's own errors: store unreachable, refused
+            if hit is None:
+                raise SoundopsError(f"the model registry is unavailable ({exc}).") from None
+            log.warning("registry unavailable; '%s' stays on version %d: %s", ref, hit[1], exc)
+            self._refs[ref] = (now, hit[1])
+            return ref, self._loaded[hit[1]]
+        with self._lock:  # each version is downloaded and loaded once per process
             if version.version not in self._loaded:
-                folder = registry.download(
-                    self.params, version, self.root, RUNTIME_FILES[self.service.runtime]
-                )
-                self._loaded[version.version] = load_version(
-                    folder,
-                    version.name,
-                    version.version,
-                    self.service.runtime,
-                    self.service.verify_preset,
-                )
-                log.info(
-                    "serving %s version %d as '%s' (%s)",
-                    version.name,
-                    version.version,
-                    ref,
-                    self.service.runtime,
-                )
+                self._loaded[version.version] = self._load(version)
             self._refs[ref] = (now, version.version)
             return ref, self._loaded[version.version]
 
+    def _load(self, version: registry.Version) -> ServedModel:
+        try:
+            folder = registry.download(
+                self.params, version, self.root, RUNTIME_FILES[self.service.runtime]
+            )
+        except (OSError, SoundopsError) as exc:
+            raise SoundopsError(
+                f"model '{version.name}' version {version.version} could not be fetched ({exc})."
+            ) from None
+        model = load_version(
+            folder, version.name, version.version, self.service.runtime, self.service.verify_preset
+        )
+        log.info("serving %s version %d (%s)", version.name, version.version, self.service.runtime)
+        return model
 
-def decode_upload(data: bytes, name: str, rate: int, rates: tuple[float, float]) -> np.ndarray:
+
+class TooLongError(AudioError):
+    """An upload holds more audio than its endpoint takes."""
+
+
+def decode_upload(
+    data: bytes, name: str, rate: int, rates: tuple[float, float], max_s: float, key: str
+) -> np.ndarray:
     """An uploaded file's audio, mono float32 at the model's ``rate``; any format and rate
-    the ingest stage takes (rates within ``validate.source_rate_hz``)."""
+    the ingest stage takes (rates within ``validate.source_rate_hz``), at most ``max_s``
+    long (``key`` names the param). Rate and length are read from the header first, so a
+    small compressed file cannot decode into gigabytes."""
     if not data:
         raise AudioError(f"{name}: empty upload (no bytes).")
-    dec = decode_audio(io.BytesIO(data), name)
     lo, hi = rates
-    if not lo <= dec.rate <= hi:
-        raise AudioError(
-            f"{name}: sample rate {dec.rate} Hz is outside validate.source_rate_hz "
-            f"({lo:g}-{hi:g} Hz)."
-        )
+    try:
+        head = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        head = None  # decode_audio below says what is wrong with it
+    if head is not None:
+        if not lo <= head.samplerate <= hi:
+            raise AudioError(
+                f"{name}: sample rate {head.samplerate} Hz is outside validate.source_rate_hz "
+                f"({lo:g}-{hi:g} Hz)."
+            )
+        if head.frames > max_s * head.samplerate:
+            raise TooLongError(
+                f"{name}: {head.frames / head.samplerate:.1f} s of audio is longer than "
+                f"{key} = {max_s:g} s."
+            )
+    dec = decode_audio(io.BytesIO(data), name)
     return resample(dec.samples, dec.rate, rate)
 
 
@@ -220,7 +249,7 @@ def verify_clip(model: ServedModel, samples: np.ndarray, max_s: float) -> dict[s
     against that preset's threshold (the device woke at its own, laxer one)."""
     seconds = samples.size / model.spec.rate
     if seconds > max_s:
-        raise AudioError(
+        raise TooLongError(
             f"clip is {seconds:.1f} s; /v1/verify takes at most service.max_verify_s = "
             f"{max_s:g} s (send long audio to /v1/detect)."
         )
@@ -249,20 +278,21 @@ class StreamSession:
     """One microphone stream: its own detector, its status, and its limits.
 
     Frames are 16-bit little-endian mono PCM at the model's rate. Audio may arrive at most
-    ``max_speed`` times faster than real time (plus a burst of a few frames), so one client
-    cannot take the cores from the others.
+    ``max_speed`` times faster than real time (plus a burst of a few frames) and frames are
+    at least 10 ms long, so one client cannot take the cores from the others.
     """
 
     model: ServedModel
     limits: ServiceParams
-    started: float = field(default_factory=time.monotonic)
-    received_s: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+    credit_s: float = 0.0
     last_event_s: float | None = None
     peak: float = 0.0
     det: StreamingDetector = field(init=False)
 
     def __post_init__(self) -> None:
         self.det = StreamingDetector(self.model.scorer, self.model.detect)
+        self.credit_s = 2.0 + 2 * self.limits.max_frame_s
 
     @property
     def rate(self) -> int:
@@ -271,11 +301,17 @@ class StreamSession:
     def check(self, frame: bytes, now: float | None = None) -> np.ndarray:
         """The frame as float32 samples, or a :class:`FrameError` (1007 malformed,
         1009 too long, 1008 too fast)."""
-        if len(frame) == 0 or len(frame) % 2:
+        if len(frame) % 2:
             raise FrameError(
                 1007,
-                f"frame of {len(frame)} bytes: /v1/stream takes 16-bit PCM, an even, "
-                "non-zero number of bytes.",
+                f"frame of {len(frame)} bytes: /v1/stream takes 16-bit PCM, an even number "
+                "of bytes.",
+            )
+        if len(frame) < 2 * self.rate * MIN_FRAME_S:
+            raise FrameError(
+                1007,
+                f"frame of {len(frame) // 2} samples: /v1/stream takes frames of at least "
+                f"{MIN_FRAME_S * 1000:.0f} ms ({int(self.rate * MIN_FRAME_S)} samples).",
             )
         seconds = len(frame) / 2 / self.rate
         if seconds > self.limits.max_frame_s:
@@ -284,21 +320,32 @@ class StreamSession:
                 f"frame of {seconds:.2f} s is longer than service.max_frame_s = "
                 f"{self.limits.max_frame_s:g} s.",
             )
-        elapsed = (now if now is not None else time.monotonic()) - self.started
+        # a token bucket of audio seconds: refilled at max_speed x real time, holding at
+        # most a burst, so credit cannot be saved up by waiting
+        t = now if now is not None else time.monotonic()
         burst = 2.0 + 2 * self.limits.max_frame_s
-        if self.received_s + seconds > self.limits.max_speed * elapsed + burst:
+        self.credit_s = min(burst, self.credit_s + (t - self.last) * self.limits.max_speed)
+        self.last = t
+        if seconds > self.credit_s:
             raise FrameError(
                 1008,
                 f"audio arrives faster than service.max_speed = {self.limits.max_speed:g}x "
                 "real time; send frames as the microphone produces them.",
             )
-        self.received_s += seconds
+        self.credit_s -= seconds
         pcm = np.frombuffer(frame, dtype="<i2")
         return pcm.astype(np.float32) / 32768.0
 
+    def finish(self) -> dict[str, Any]:
+        """End of stream: a stream shorter than one window is scored once, zero-padded, as
+        :func:`detect_clip` does; the closing message."""
+        return self._message(self.det.finish()) | {"type": "end"}
+
     def feed(self, samples: np.ndarray) -> dict[str, Any]:
         """Score what the samples complete; the message sent back to the client."""
-        scored = self.det.push(samples)
+        return self._message(self.det.push(samples))
+
+    def _message(self, scored: Scored) -> dict[str, Any]:
         rule = self.model.detect.rule
         if scored.events:
             self.last_event_s = scored.events[-1][0]

@@ -153,7 +153,8 @@ def test_each_stream_has_its_own_state_and_matches_file_detection(client: TestCl
             got_a += _stream(a, [fa])
             got_b += _stream(b, [fb])
         a.send_text(json.dumps({"type": "end"}))
-        assert a.receive_json() == {"type": "end", "audio_s": 18.0}
+        end = a.receive_json()
+        assert end["type"] == "end" and end["audio_s"] == 18.0 and not end["windows"]["score"]
     events_a = [e["time_s"] for m in got_a for e in m["events"]]
     assert near_chirps(events_a)
     assert not [e for m in got_b for e in m["events"]]
@@ -167,9 +168,12 @@ def test_each_stream_has_its_own_state_and_matches_file_detection(client: TestCl
     assert events_a == [e["time_s"] for e in whole["events"]]
 
 
-def _refused(client: TestClient, url: str, send: list[bytes | str]) -> tuple[int, str]:
+def _refused(
+    client: TestClient, url: str, send: list[bytes | str], origin: str | None = None
+) -> tuple[int, str]:
     """Connect, send, and return the error message's code and sentence (then the close)."""
-    with client.websocket_connect(url) as ws:
+    headers = {"origin": origin} if origin else {}
+    with client.websocket_connect(url, headers=headers) as ws:
         first = ws.receive_json()
         if first["type"] == "ready":
             for item in send:
@@ -198,6 +202,10 @@ def test_bad_streams_get_one_sentence_and_leave_a_good_stream_running(served: Se
         got = _stream(good, frames[:40], pace)
         code, msg = _refused(client, "/v1/stream", [b"\x00\x01\x02"])
         assert code == 1007 and "16-bit PCM" in msg
+        code, msg = _refused(client, "/v1/stream", [b"\x00\x00" * 10])
+        assert code == 1007 and "at least 10 ms" in msg
+        code, msg = _refused(client, "/v1/stream", [], origin="http://elsewhere.example")
+        assert code == 1008 and "another site" in msg
         code, msg = _refused(client, "/v1/stream?rate=44100", [])
         assert code == 1003 and "rate 44100 Hz" in msg and "16000 Hz" in msg
         code, msg = _refused(client, "/v1/stream?alias=nope", [])
@@ -210,6 +218,38 @@ def test_bad_streams_get_one_sentence_and_leave_a_good_stream_running(served: Se
         assert code == 1003 and "binary 16-bit PCM" in msg
         got += _stream(good, frames[40:], pace)
     assert near_chirps([e["time_s"] for m in got for e in m["events"]])
+
+
+def test_speed_limit_is_a_bucket_that_waiting_does_not_fill(served: Served) -> None:
+    from pipeline_lib.serving import FrameError, StreamSession
+
+    model = Models(served.root, served.params, served.service()).get()[1]
+    session = StreamSession(model, served.service(max_speed=2.0))
+    second = b"\x00\x00" * RATE
+    t0 = session.last
+    for _ in range(4):  # the burst (2 s + 2 x max_frame_s): four 1 s frames at once
+        session.check(second, now=t0)
+    with pytest.raises(FrameError) as fast:
+        session.check(second, now=t0)
+    assert fast.value.code == 1008
+    session.check(second, now=t0 + 0.5)  # 0.5 s at 2x real time earns 1 s
+    # an hour of silence earns no more than the burst
+    for _ in range(4):
+        session.check(second, now=t0 + 3600)
+    with pytest.raises(FrameError):
+        session.check(second, now=t0 + 3600)
+
+
+def test_a_stream_shorter_than_a_window_is_scored_at_its_end(client: TestClient) -> None:
+    short = scene(0.5)
+    with client.websocket_connect("/v1/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        got = _stream(ws, pcm_frames(short))
+        ws.send_text(json.dumps({"type": "end"}))
+        end = ws.receive_json()
+    assert not [s for m in got for s in m["windows"]["score"]]
+    whole = client.post("/v1/detect", content=wav_bytes(short)).json()["windows"]["score"]
+    assert len(whole) == 1 and end["windows"]["score"] == pytest.approx(whole, abs=1e-4)
 
 
 def test_stream_limit_refuses_the_extra_stream_only(served: Served) -> None:
@@ -230,6 +270,15 @@ def test_bad_uploads_get_one_sentence_each(served: Served) -> None:
         assert empty.status_code == 422 and "empty.wav: empty upload" in empty.json()["detail"]
         slow = c.post("/v1/detect?name=phone.wav", content=wav_bytes(np.zeros(4000), 4000))
         assert slow.status_code == 422 and "sample rate 4000 Hz" in slow.json()["detail"]
+        with served.client(max_detect_s=5.0) as short:
+            long = short.post(
+                "/v1/detect?name=long.flac", content=wav_bytes(scene(8.0), fmt="FLAC")
+            )
+        assert long.status_code == 413
+        assert (
+            long.json()["detail"]
+            == "long.flac: 8.0 s of audio is longer than service.max_detect_s = 5 s."
+        )
         unknown = c.post("/v1/detect?alias=nope", content=wav_bytes(scene(2.0)))
         assert unknown.status_code == 404 and "'nope'" in unknown.json()["detail"]
         form = c.post("/v1/verify", files={"other": ("x.wav", wav_bytes(scene(1.0)))})
