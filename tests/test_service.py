@@ -216,6 +216,12 @@ def test_bad_streams_get_one_sentence_and_leave_a_good_stream_running(served: Se
         assert code == 1008 and "service.max_speed" in msg
         code, msg = _refused(client, "/v1/stream", ["hello"])
         assert code == 1003 and "binary 16-bit PCM" in msg
+        # and bad uploads on the same service while the stream is open
+        big = client.post("/v1/detect", content=b"\x00" * (21 * 2**20))
+        assert big.status_code == 413 and "service.max_upload_mb = 20 MB" in big.json()["detail"]
+        phone = client.post("/v1/detect?name=p.wav", content=wav_bytes(np.zeros(4000), 4000))
+        assert phone.status_code == 422 and "sample rate 4000 Hz" in phone.json()["detail"]
+        assert client.post("/v1/verify?alias=nope", content=b"x").status_code == 404
         got += _stream(good, frames[40:], pace)
     assert near_chirps([e["time_s"] for m in got for e in m["events"]])
 
