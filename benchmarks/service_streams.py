@@ -191,23 +191,22 @@ def main() -> None:
             f"p95 {np.percentile(lat, 95):.1f} ms, max {lat.max():.1f} ms"
         )
         print(HEADER)
-        best, n, tried = 0, 1, {}
-        while n <= args.max_streams:
+
+        def trial(n: int) -> bool:
+            """n streams at once: one table row; whether all kept real time."""
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             results = asyncio.run(run_streams(url, frames, hop_s, n))
             cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
-            tried[n] = ok = print_row(n, results, hop_s, cpu)
-            if not ok:
-                break
+            return print_row(n, results, hop_s, cpu)
+
+        best, n = 0, 1
+        while n <= args.max_streams and trial(n):
             best, n = n, n * 2
         lo, hi = best, n
-        while best and hi in tried and hi - lo > max(1, lo // 8):  # between the last two
-            mid = (lo + hi) // 2
-            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-            results = asyncio.run(run_streams(url, frames, hop_s, mid))
-            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
-            tried[mid] = ok = print_row(mid, results, hop_s, cpu)
-            lo, hi = (mid, hi) if ok else (lo, mid)
+        if best and hi <= args.max_streams:  # hi failed: narrow down between the two
+            while hi - lo > max(1, lo // 8):
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if trial(mid) else (lo, mid)
         best = lo
         print(f"streams kept in real time on this machine: {best}")
     finally:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator
+from functools import cache
 from importlib.resources import files
 from typing import Any, Literal
 
@@ -113,7 +114,9 @@ class Health(BaseModel):
     model: ModelInfo
 
 
+@cache
 def page() -> str:
+    """The browser view, read from the package once."""
     return files("pipeline_lib").joinpath("web/live.html").read_text(encoding="utf-8")
 
 
@@ -156,10 +159,6 @@ def create_app(
 
     async def lookup(ref: str | None) -> tuple[str, ServedModel]:
         return await anyio.to_thread.run_sync(models.get, ref, limiter=registry_threads)
-
-    def info(ref: str, model: ServedModel) -> dict[str, Any]:
-        level = service.possible_ratio * model.detect.rule.threshold
-        return model.info(ref) | {"possible_level": round(level, 4)}
 
     async def served(ref: str | None) -> tuple[str, ServedModel]:
         try:
@@ -222,13 +221,13 @@ def create_app(
             ref, model = await lookup(None)
         except SoundopsError as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        return {"status": "ok", "model": info(ref, model)}
+        return {"status": "ok", "model": model.info(ref)}
 
     @app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(authorised)])
     async def model_info(alias: str | None = None) -> Any:
         """The version behind ``alias`` (default ``service.alias``) and its decision rules."""
         ref, model = await served(alias)
-        return info(ref, model)
+        return model.info(ref)
 
     @app.post(
         "/v1/detect",
@@ -241,7 +240,7 @@ def create_app(
         ref, model = await served(alias)
         samples = await samples_of(request, model, service.max_detect_s, "service.max_detect_s")
         result = await run_in_threadpool(detect_clip, model, samples)
-        return {"model": info(ref, model), **result}
+        return {"model": model.info(ref), **result}
 
     @app.post(
         "/v1/verify",
@@ -253,11 +252,8 @@ def create_app(
         """Second-stage check of a short clip a device woke on (``service.verify_preset``)."""
         ref, model = await served(alias)
         samples = await samples_of(request, model, service.max_verify_s, "service.max_verify_s")
-        try:
-            result = await run_in_threadpool(verify_clip, model, samples, service.max_verify_s)
-        except TooLongError as exc:
-            raise HTTPException(413, str(exc)) from None
-        return {"model": info(ref, model), **result}
+        result = await run_in_threadpool(verify_clip, model, samples)
+        return {"model": model.info(ref), **result}
 
     async def refuse(ws: WebSocket, code: int, message: str) -> None:
         log.warning("stream refused (%d): %s", code, message)
@@ -308,7 +304,7 @@ def create_app(
             )
             return
         session = StreamSession(model, service)
-        await ws.send_json({"type": "ready", "model": info(ref, model)})
+        await ws.send_json({"type": "ready", "model": model.info(ref)})
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":

@@ -22,6 +22,7 @@ import soundfile as sf
 
 from pipeline_lib import registry
 from pipeline_lib.audio import decode_audio, resample
+from pipeline_lib.detector import STEP_S
 from pipeline_lib.errors import AudioError, SoundopsError
 from pipeline_lib.modelio import ModelSpec
 from pipeline_lib.params import Params, ServiceParams
@@ -34,7 +35,6 @@ RUNTIME_FILES = {
     "onnx": ("model_int8.onnx",),
     "tflite": ("model_int8.tflite", "device_manifest.json"),
 }
-STATUSES = ("clear", "possible", "detected")
 MIN_FRAME_S = 0.01  # one front-end step: smaller frames only cost a thread hop and a reply
 
 
@@ -58,8 +58,9 @@ class _Serialised:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One registered version, loaded: its scorer and the two decision rules it serves
-    (the calibrated preset for detection, ``service.verify_preset`` for verification)."""
+    """One registered version, loaded: its scorer, the two decision rules it serves (the
+    calibrated preset for detection, ``service.verify_preset`` for verification) and the
+    smoothed score from which a stream's status is "possible"."""
 
     name: str
     version: int
@@ -67,6 +68,7 @@ class ServedModel:
     scorer: Scorer
     detect: Calibration
     verify: Calibration
+    possible_level: float
 
     @property
     def spec(self) -> ModelSpec:
@@ -80,7 +82,7 @@ class ServedModel:
             "ref": ref,
             "runtime": self.runtime,
             "rate": self.spec.rate,
-            "window_s": round(self.spec.frames * 0.01, 4),
+            "window_s": round(self.spec.frames * STEP_S, 4),
             "hop_s": round(rule.hop_s, 4),
             "preset": self.detect.preset,
             "threshold": rule.threshold,
@@ -88,14 +90,15 @@ class ServedModel:
             "refractory_s": rule.refractory_s,
             "verify_preset": self.verify.preset,
             "verify_threshold": self.verify.rule.threshold,
+            "possible_level": round(self.possible_level, 4),
             "classes": list(self.spec.classes),
         }
 
 
-def load_version(
-    folder: Path, name: str, version: int, runtime: str, verify_preset: str
-) -> ServedModel:
-    """The runtime's INT8 file of a downloaded version, with the calibration it carries."""
+def load_version(folder: Path, name: str, version: int, service: ServiceParams) -> ServedModel:
+    """The ``service.runtime``'s INT8 file of a downloaded version, with the calibration
+    it carries."""
+    runtime = service.runtime
     wanted = RUNTIME_FILES[runtime]
     missing = [f for f in wanted if not (folder / f).is_file()]
     if missing:
@@ -108,22 +111,23 @@ def load_version(
         # one thread per call: the service scores many small batches from many streams at
         # once, and its worker threads share the cores better than intra-op threads do
         scorer = OnnxScorer(folder / wanted[0], threads=1)
-        raw = scorer.calibration
     else:
         scorer = _Serialised(load_scorer(folder / wanted[0]))
-        raw = scorer.calibration
+    raw = scorer.calibration
     if not raw:
         raise SoundopsError(
             f"model '{name}' version {version}: {wanted[0]} carries no calibration; "
             "export it with the soundops export stage."
         )
+    detect = Calibration.from_dict(raw)
     return ServedModel(
         name=name,
         version=version,
         runtime=runtime,
         scorer=scorer,
-        detect=Calibration.from_dict(raw),
-        verify=Calibration.from_dict(raw, verify_preset),
+        detect=detect,
+        verify=Calibration.from_dict(raw, service.verify_preset),
+        possible_level=service.possible_ratio * detect.rule.threshold,
     )
 
 
@@ -175,9 +179,7 @@ class Models:
             raise SoundopsError(
                 f"model '{version.name}' version {version.version} could not be fetched ({exc})."
             ) from None
-        model = load_version(
-            folder, version.name, version.version, self.service.runtime, self.service.verify_preset
-        )
+        model = load_version(folder, version.name, version.version, self.service)
         log.info("serving %s version %d (%s)", version.name, version.version, self.service.runtime)
         return model
 
@@ -244,15 +246,11 @@ def detect_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
     }
 
 
-def verify_clip(model: ServedModel, samples: np.ndarray, max_s: float) -> dict[str, Any]:
+def verify_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
     """The second-stage check: the clip's highest smoothed score under the verify preset
-    against that preset's threshold (the device woke at its own, laxer one)."""
+    against that preset's threshold (the device woke at its own, laxer one). The clip's
+    length was bounded when it was decoded (:func:`decode_upload`)."""
     seconds = samples.size / model.spec.rate
-    if seconds > max_s:
-        raise TooLongError(
-            f"clip is {seconds:.1f} s; /v1/verify takes at most service.max_verify_s = "
-            f"{max_s:g} s (send long audio to /v1/detect)."
-        )
     scored = run_clip(model, samples, model.verify)
     score = float(scored.smoothed.max()) if scored.smoothed.size else 0.0
     threshold = model.verify.rule.threshold
@@ -285,14 +283,19 @@ class StreamSession:
     model: ServedModel
     limits: ServiceParams
     last: float = field(default_factory=time.monotonic)
-    credit_s: float = 0.0
+    credit_s: float = field(init=False)
     last_event_s: float | None = None
     peak: float = 0.0
     det: StreamingDetector = field(init=False)
 
     def __post_init__(self) -> None:
         self.det = StreamingDetector(self.model.scorer, self.model.detect)
-        self.credit_s = 2.0 + 2 * self.limits.max_frame_s
+        self.credit_s = self.burst_s
+
+    @property
+    def burst_s(self) -> float:
+        """Audio seconds a stream may send ahead of real time: a few frames."""
+        return 2.0 + 2 * self.limits.max_frame_s
 
     @property
     def rate(self) -> int:
@@ -323,8 +326,8 @@ class StreamSession:
         # a token bucket of audio seconds: refilled at max_speed x real time, holding at
         # most a burst, so credit cannot be saved up by waiting
         t = now if now is not None else time.monotonic()
-        burst = 2.0 + 2 * self.limits.max_frame_s
-        self.credit_s = min(burst, self.credit_s + (t - self.last) * self.limits.max_speed)
+        refill = (t - self.last) * self.limits.max_speed
+        self.credit_s = min(self.burst_s, self.credit_s + refill)
         self.last = t
         if seconds > self.credit_s:
             raise FrameError(
@@ -355,10 +358,9 @@ class StreamSession:
         )
         if scored.smoothed.size:  # a frame shorter than the hop keeps the last peak
             self.peak = float(scored.smoothed.max())
-        peak = self.peak
         if recent:
             status = "detected"
-        elif peak >= self.limits.possible_ratio * rule.threshold:
+        elif self.peak >= self.model.possible_level:
             status = "possible"
         else:
             status = "clear"
