@@ -11,6 +11,7 @@ and misses as playable audio.
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,52 @@ def clip_figures(
     return figures, roc, score
 
 
+def headline(frame: pd.DataFrame, params: Params, extra: dict[str, Any]) -> dict[str, Any]:
+    """Where the positives the figures rest on came from, in one sentence first.
+
+    A model trained and tested on synthetic voices can score recall 1.000 and still miss
+    most real people, so the headline says when every test positive is synthetic, and
+    leads with the user's real target recordings (``evaluate.extra`` clip sets) when there
+    are any."""
+    synthetic = {s.name for s in params.ingest.sources if s.synthetic}
+    test = frame[(frame["role"] == "clip") & (frame["split"] == "test")]
+    events = test[test["label"].map(params.task.class_of).fillna(0).astype(int) != 0]
+    n = len(events)
+    n_syn = int(events["source"].isin(synthetic).sum())
+    real = {
+        k: v for k, v in extra.items() if v.get("kind") == "clips" and int(v.get("events", 0)) > 0
+    }
+    kind = "none" if n == 0 else "synthetic" if n_syn == n else "real" if n_syn == 0 else "mixed"
+    parts = []
+    for name, v in real.items():
+        parts.append(
+            f"On your real recordings '{name}': recall {v['recall']:.3f} "
+            f"(95% {v['recall_lo']:.3f}-{v['recall_hi']:.3f}) of {v['events']} target clips, "
+            f"false accepts {v['false_accept_rate']:.3f} of {v['clips'] - v['events']} others."
+        )
+    if kind == "synthetic":
+        parts.append(
+            f"Every one of the {n} test positives is synthetic (source "
+            f"{', '.join(sorted(set(events['source'])))}): the recall below says how well the "
+            "model hears synthetic voices, not people."
+            + (
+                ""
+                if real
+                else " Add real recordings of the phrase as an evaluate.extra clips "
+                "set to measure that."
+            )
+        )
+    elif kind == "mixed":
+        parts.append(f"{n_syn} of the {n} test positives are synthetic.")
+    return {
+        "test_positives": n,
+        "synthetic_positives": n_syn,
+        "positives": kind,
+        "real_target_sets": sorted(real),
+        "text": " ".join(parts),
+    }
+
+
 def _fah_block(recs: list[Recording]) -> dict[str, float]:
     n = sum(len(r.scored.events) for r in recs)
     return metrics.fah(n, sum(r.duration_s for r in recs) / 3600)
@@ -235,6 +282,8 @@ def _extra_clips(
     if pos.any() and (~pos).any():
         out["roc_auc"] = round(metrics.roc_auc(metrics.roc_curve(s, pos)), 5)
     out["recall"] = round(float(f[pos].mean()), 5) if pos.any() else float("nan")
+    lo, hi = _wilson(int(f[pos].sum()), int(pos.sum()))
+    out |= {"recall_lo": round(lo, 5), "recall_hi": round(hi, 5)}
     out["false_accept_rate"] = round(float(f[~pos].mean()), 5) if (~pos).any() else float("nan")
     return out
 
@@ -379,6 +428,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
             else _extra_clips(es, layout, params, scorer, cal, preroll)
         )
     result: dict[str, Any] = {
+        "headline": headline(frame, params, extra),
         "operating_point": op,
         "clips": clips,
         "frr_at_fah": {str(t): frr_at_fah(curve, t) for t in ev.fah_targets},
@@ -527,7 +577,13 @@ def _write(
     clips = result["clips"]
     cm = pd.DataFrame(clips["multiclass"]["confusion"], columns=[f"pred {n}" for n in names])
     cm.insert(0, "true", names)
+    head = result["headline"]
+    warn = head["positives"] == "synthetic" and not head["real_target_sets"]
     intro = (
+        f'<p class="{"warn" if warn else "lead"}"><b>{html.escape(head["text"])}</b></p>'
+        if head["text"]
+        else ""
+    ) + (
         f"<p>Operating point <b>{op['preset']}</b>: threshold {op['threshold']:.4f}, smoothing "
         f"{op['smoothing']} windows. <b>{op['fah']:.3f} false alarms per hour</b> "
         f"(95% interval {op['fah_lo']:.3f}-{op['fah_hi']:.3f}; {op['false_alarms']} events in "
@@ -563,7 +619,8 @@ def _write(
     ]
     if result["extra"]:
         extra = pd.DataFrame([{"set": k} | v for k, v in result["extra"].items()])
-        sections.append(("Your test sets", report.table(extra)))
+        # the user's own recordings are the measure that matters: first, not last
+        sections.insert(0, ("Your test sets", report.table(extra)))
     with atomic_path(layout.evaluate) as out:
         out.mkdir(parents=True)
         (out / "report.html").write_text(

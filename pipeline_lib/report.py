@@ -20,7 +20,10 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .figs img{max-width:48%;margin:.5%;border:1px solid #eee}
-.note{color:#555;font-size:.9em}.bad{color:#a00}.good{color:#070}
+.note{color:#555;font-size:.9em}
+.warn{background:#fff4e5;border-left:4px solid #e08a00;padding:.5em .8em}
+.lead{background:#eef7ee;border-left:4px solid #2a8a2a;padding:.5em .8em}
+.bad{color:#a00}.good{color:#070}
 audio{height:2em;vertical-align:middle}
 """
 

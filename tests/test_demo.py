@@ -93,3 +93,88 @@ def test_unknown_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> N
     ):
         generate_demo(parse_params(raw), Layout(tmp_path))
     assert not (tmp_path / "data" / "demo").exists()
+
+
+def test_dictionary_confusables_sound_near_but_never_hold_the_phrase() -> None:
+    from pipeline_lib.demo import confusables as cmu
+
+    with SpeechSession() as session:
+        found = confusables("alexa", [], session, dictionary="cmudict", per_word=30, min_phones=2)
+    assert {"alexis", "lexus"} <= set(found)
+    assert "flex" in found or "lex" in found  # a word part
+    target = cmu.dictionary()["alexa"]
+    for text in found:
+        assert "alexa" not in text
+        sounds = cmu.phones_of(text)
+        assert sounds is not None and sounds != target  # no homophone
+        assert cmu.edit_distance(sounds, target) >= 2
+    # a word of a multi-word phrase gets its own dictionary neighbours; the rest stay
+    with SpeechSession() as session:
+        two = confusables("smart mirror", [], session, dictionary="cmudict", per_word=10)
+    assert {"smart", "mirror"} <= set(two)
+    assert any(t.startswith("smart ") and t != "smart mirror" for t in two)
+    assert any(t.endswith(" mirror") and t != "smart mirror" for t in two)
+
+
+def test_a_word_outside_the_dictionary_falls_back_to_the_lexicon() -> None:
+    with SpeechSession() as session:
+        found = confusables("snowboy", [], session, dictionary="cmudict")
+    assert found and "snowboy" not in found
+
+
+def test_piper_voice_is_a_function_of_its_generator() -> None:
+    from pipeline_lib.demo.piper_voice import RATE, PiperSpeaker, Rendition
+
+    how = Rendition(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8)
+    speaker = PiperSpeaker()
+    first = speaker.speak("hello there", how, np.random.default_rng(5))
+    speaker.speak("something else in between", how, np.random.default_rng(6))
+    again = speaker.speak("hello there", how, np.random.default_rng(5))
+    assert first.tobytes() == again.tobytes()  # no hidden state between utterances
+    other = speaker.speak("hello there", how, np.random.default_rng(7))
+    assert other.tobytes() != first.tobytes()  # the noise is the generator's
+    assert first.size > 0.3 * RATE and np.abs(first).max() == pytest.approx(1.0)
+    slow = speaker.speak("hello there", Rendition(1.4, 0.667, 0.8), np.random.default_rng(5))
+    assert slow.size > first.size * 1.2  # the length scale is tempo
+
+
+def test_corpus_mixes_engines_accents_and_microphones(
+    tmp_path: Path, raw_params: dict[str, Any]
+) -> None:
+    raw = tiny_demo(raw_params, per_label=12)
+    raw["demo"]["piper"]["clip_share"] = 0.5
+    raw["demo"]["accent_share"] = 0.5
+    layout = Layout(tmp_path)
+    generate_demo(parse_params(raw), layout)
+    m = pd.read_csv(layout.demo / "manifest.csv", keep_default_na=False)
+    spoken = m[(m["role"] == "clip") & (m["label"] != "noise")]
+    groups = set(spoken["group"])
+    assert any(g.startswith("piper-") for g in groups)
+    accents = {g.split("+")[0] for g in groups if not g.startswith("piper-")}
+    assert accents & set(raw["demo"]["accent_voices"]) and accents & set(raw["demo"]["voices"])
+    # a voice is no cue for the label: piper speaks targets and negatives alike
+    by_label = spoken.assign(piper=spoken["group"].str.startswith("piper-"))
+    assert by_label.groupby("label")["piper"].any().all()
+
+
+def test_unknown_accent_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> None:
+    raw = tiny_demo(raw_params)
+    raw["demo"]["accent_voices"] = ["de", "klingon"]
+    with pytest.raises(SoundopsError, match=r"demo\.accent_voices: espeak-ng has no voice"):
+        generate_demo(parse_params(raw), Layout(tmp_path))
+    assert not (tmp_path / "data" / "demo").exists()
+
+
+def test_every_noise_kind_is_finite_unit_rms_and_deterministic() -> None:
+    from pipeline_lib.demo import noise as nz
+
+    rate, n = 22050, 22050
+    for kind in nz.NOISE_KINDS:
+        a = nz.make_noise(np.random.default_rng(3), kind, n, rate)
+        b = nz.make_noise(np.random.default_rng(3), kind, n, rate)
+        assert a.shape == (n,) and np.isfinite(a).all() and a.tobytes() == b.tobytes(), kind
+        assert np.sqrt(np.mean(a.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-3)
+    # a machine is tonal: its spectrum is peakier than white noise's
+    spec = np.abs(np.fft.rfft(nz.make_noise(np.random.default_rng(1), "motor", n, rate)))
+    white = np.abs(np.fft.rfft(nz.make_noise(np.random.default_rng(1), "white", n, rate)))
+    assert spec.max() / np.median(spec) > 5 * white.max() / np.median(white)

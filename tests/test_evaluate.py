@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline_lib.errors import SoundopsError
+from pipeline_lib.errors import ParamsError, SoundopsError
 from pipeline_lib.evaluate import (
     Recording,
     _extra_clips,
     _extra_streams,
     fah_at_recall,
     frr_at_fah,
+    headline,
     sweep,
 )
+from pipeline_lib.params import parse_params
 from pipeline_lib.scorers import load_scorer
 from pipeline_lib.streaming import Calibration, Scored
 from tests.conftest import calibration_dict, tiny_model, tone, write_audio
@@ -81,3 +84,50 @@ def test_user_test_sets_are_measured(
     assert 0 <= clips["recall"] <= 1 and 0 <= clips["false_accept_rate"] <= 1
     with pytest.raises(SoundopsError, match=r"evaluate.extra 'gone': root .* does not exist"):
         _extra_streams(gone, layout, params, scorer, cal)
+
+
+def _frame(sources: list[str]) -> pd.DataFrame:
+    rows = [{"role": "clip", "split": "test", "label": "target", "source": s} for s in sources] + [
+        {"role": "clip", "split": "test", "label": "speech", "source": "demo"}
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_headline_says_when_every_test_positive_is_synthetic(raw_params: dict[str, Any]) -> None:
+    params = parse_params(raw_params)  # the shipped demo source is marked synthetic
+    head = headline(_frame(["demo"] * 4), params, {})
+    assert head["positives"] == "synthetic" and head["synthetic_positives"] == 4
+    assert head["text"].startswith("Every one of the 4 test positives is synthetic")
+    assert "evaluate.extra" in head["text"]
+    real = {
+        "field": {
+            "kind": "clips",
+            "clips": 10,
+            "events": 6,
+            "recall": 0.5,
+            "recall_lo": 0.19,
+            "recall_hi": 0.81,
+            "false_accept_rate": 0.25,
+        }
+    }
+    led = headline(_frame(["demo"] * 4), params, real)
+    assert led["real_target_sets"] == ["field"]
+    assert led["text"].startswith("On your real recordings 'field': recall 0.500")
+    assert "evaluate.extra clips set" not in led["text"]
+    mixed = headline(_frame(["demo", "mine", "mine"]), params, {})
+    assert (
+        mixed["positives"] == "mixed"
+        and mixed["text"] == "1 of the 3 test positives are synthetic."
+    )
+    assert headline(_frame(["mine"]), params, {})["positives"] == "real"
+
+
+def test_a_test_set_read_by_a_source_is_refused(raw_params: dict[str, Any]) -> None:
+    raw_params["ingest"]["sources"].append(
+        {"name": "mine", "kind": "folder", "root": "data/raw/mine"}
+    )
+    raw_params["evaluate"]["extra"] = [
+        {"name": "field", "kind": "clips", "root": "data/raw/mine/field"}
+    ]
+    with pytest.raises(ParamsError, match=r"key 'evaluate\.extra\[0\]\.root': .*overlaps ingest"):
+        parse_params(raw_params)

@@ -219,6 +219,18 @@ def test_gate_failures_name_each_gate() -> None:
     )
 
 
+def test_real_recall_gate_needs_real_recordings_and_their_recall() -> None:
+    gates = parse_params(shipped_params()).release.gates.model_copy(
+        update={"min_real_recall": 0.8}
+    )
+    good = {"fah": 1.0, "recall": 0.95, "int8_parity": 1.0, "fits_targets": 1.0}
+    (none,) = registry.gate_failures(good, gates)
+    assert "no real target recordings were evaluated" in none
+    (low,) = registry.gate_failures(good | {"real_recall": 0.5}, gates)
+    assert "recall on real recordings 0.5 < release.gates.min_real_recall 0.8" in low
+    assert registry.gate_failures(good | {"real_recall": 0.85}, gates) == []
+
+
 def test_params_check_names_a_compare_point_evaluate_does_not_measure() -> None:
     raw = shipped_params()
     raw["release"]["compare"]["recall"] = 0.8

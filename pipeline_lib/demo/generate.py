@@ -1,11 +1,15 @@
 """Synthesise the demo corpus: a folder of FLAC files plus a manifest that ingest reads.
 
-Positives are the target phrase spoken by espeak-ng across English voices, variants, rates
-and pitches; negatives are phonetic confusables, other speech and non-speech noise; long
-background streams (speech, confusables and noise, never the target) measure false alarms.
-Every file is a pure function of (seed, kind, index) and of the fixed batch it is
-spoken in (one fresh espeak-ng process per batch of clips or per stream, see
-:mod:`pipeline_lib.tts`), so the corpus is byte-identical whatever the number of workers.
+Positives are the target phrase spoken by espeak-ng (English voices, other languages'
+voices reading English for accents, variants, rates and pitches) and by a neural piper
+voice (noise and length scales varied), each utterance moved to a new vocal-tract length
+and most through a random microphone or line (:mod:`pipeline_lib.demo.perturb`).
+Negatives are phonetic confusables, other speech and non-speech noise, spoken and
+perturbed the same way; long background streams (speech, confusables and noise, never
+the target) measure false alarms. Every file is a pure function of (seed, kind, index)
+and of the fixed batch it is spoken in (fresh engines per batch of clips or per stream,
+see :mod:`pipeline_lib.tts` and :mod:`pipeline_lib.demo.piper_voice`), so the corpus is
+byte-identical whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import soundfile as sf
 from pipeline_lib import tts
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
 from pipeline_lib.demo import noise as nz
-from pipeline_lib.demo import phrases
+from pipeline_lib.demo import perturb, phrases, piper_voice
+from pipeline_lib.demo.piper_voice import PiperSpeaker
+from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
 from pipeline_lib.parallel import pmap
 from pipeline_lib.params import DemoParams, Params
@@ -65,17 +71,69 @@ class StreamJob:
     texts: Texts
 
 
-def _speaker(rng: np.random.Generator, demo: DemoParams) -> str:
-    return f"{rng.choice(demo.voices)}+{rng.choice(demo.variants)}"
+class Voices:
+    """The speech engines of one batch or stream: a fresh espeak-ng session, and the
+    process's piper voice, loaded on first use (batches of noise never need it)."""
+
+    def __init__(self, demo: DemoParams) -> None:
+        self.demo = demo
+        self.espeak = tts.SpeechSession()
+        self._piper: PiperSpeaker | None = None
+
+    def piper(self) -> PiperSpeaker:
+        if self._piper is None:
+            self._piper = PiperSpeaker()
+        return self._piper
+
+    def close(self) -> None:
+        self.espeak.close()
+
+    def say(
+        self, rng: np.random.Generator, text: str, piper_share: float
+    ) -> tuple[np.ndarray, str]:
+        """One utterance by a randomly drawn speaker, perturbed into a new speaker and
+        microphone; returns the trimmed samples at :data:`tts.RATE` and the speaker's
+        group (the unit the split keeps in one split)."""
+        demo = self.demo
+        factor = perturb.vtl_factor(rng, demo.perturb.vtl.min, demo.perturb.vtl.max)
+        if rng.random() < piper_share:
+            how = piper_voice.Rendition(
+                length_scale=float(
+                    rng.uniform(demo.piper.length_scale.min, demo.piper.length_scale.max)
+                ),
+                noise_scale=float(
+                    rng.uniform(demo.piper.noise_scale.min, demo.piper.noise_scale.max)
+                ),
+                noise_w_scale=float(
+                    rng.uniform(demo.piper.noise_w_scale.min, demo.piper.noise_w_scale.max)
+                ),
+            )
+            speech = self.piper().speak(text, how, rng)
+            # one speaker made many: each band of vocal-tract factors is its own group
+            group = f"piper-{piper_voice.VOICE}-vtl{round(float(factor) * 20)}"
+        else:
+            voices = (
+                demo.accent_voices
+                if demo.accent_voices and rng.random() < demo.accent_share
+                else demo.voices
+            )
+            group = f"{rng.choice(voices)}+{rng.choice(demo.variants)}"
+            wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
+            pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
+            speech = self.espeak.speak(
+                text, group, wpm, pitch, pitch_range=int(rng.uniform(20, 80))
+            )
+        return _trim(perturb.vocal_tract(speech, factor)), group
 
 
-def _speak(
-    session: tts.SpeechSession, rng: np.random.Generator, demo: DemoParams, text: str, voice: str
-) -> np.ndarray:
-    wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
-    pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
-    speech = session.speak(text, voice, wpm, pitch, pitch_range=int(rng.uniform(20, 80)))
-    return _trim(speech)
+def _mic(rng: np.random.Generator, demo: DemoParams, x: np.ndarray) -> np.ndarray:
+    """The clip through a random microphone or line (or none), at the same peak."""
+    if rng.random() >= demo.perturb.channel_prob:
+        return x
+    peak = float(np.abs(x).max())
+    y = perturb.channel(x, tts.RATE, str(rng.choice(perturb.CHANNELS)), rng)
+    out_peak = float(np.abs(y).max())
+    return y * np.float32(peak / out_peak) if out_peak > 0 else y
 
 
 def _trim(x: np.ndarray, floor: float = 1e-3) -> np.ndarray:
@@ -104,12 +162,15 @@ def _text_for(rng: np.random.Generator, kind: str, texts: Texts) -> str:
 
 
 def make_clips(job: ClipJob) -> list[dict[str, object]]:
-    """A batch of labelled clips spoken by one espeak-ng session; their manifest rows."""
-    with tts.SpeechSession() as session:
-        return [make_clip(session, job, i) for i in range(job.start, job.stop)]
+    """A batch of labelled clips spoken by one batch's fresh engines; their manifest rows."""
+    voices = Voices(job.demo)
+    try:
+        return [make_clip(voices, job, i) for i in range(job.start, job.stop)]
+    finally:
+        voices.close()
 
 
-def make_clip(session: tts.SpeechSession, job: ClipJob, index: int) -> dict[str, object]:
+def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
     """One labelled clip; returns its manifest row."""
     rng = np.random.default_rng([job.seed, KIND_INDEX[job.kind], index])
     rate = tts.RATE
@@ -125,17 +186,16 @@ def make_clip(session: tts.SpeechSession, job: ClipJob, index: int) -> dict[str,
         clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
         row |= {"group": f"noise-{index:05d}", "text": kind, "voice": ""}
     else:
-        voice = _speaker(rng, job.demo)
         text = _text_for(rng, job.kind, job.texts)
-        speech = _speak(session, rng, job.demo, text, voice)
+        speech, voice = voices.say(rng, text, job.demo.piper.clip_share)
         if job.kind != "speech" and speech.size > n:  # keep the whole phrase: grow the clip
             n = speech.size + int(0.1 * rate)
         speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
         clip = _place(rng, speech.astype(np.float32), n)
         snr = rng.uniform(job.demo.snr_db.min, job.demo.snr_db.max)
-        bed = nz.make_noise(rng, str(rng.choice(nz.NOISE_KINDS[:5])), n, rate)
+        bed = nz.make_noise(rng, str(rng.choice(nz.BED_KINDS)), n, rate)
         sig_rms = float(np.sqrt(np.mean(speech**2))) + 1e-9
-        clip = clip + bed * np.float32(sig_rms / 10 ** (snr / 20))
+        clip = _mic(rng, job.demo, clip + bed * np.float32(sig_rms / 10 ** (snr / 20)))
         row |= {"group": voice, "text": text, "voice": voice}
     rel = f"clips/{job.kind}/{job.kind}-{index:05d}.flac"
     _write(job.out / rel, clip, rate)
@@ -147,22 +207,22 @@ def make_stream(job: StreamJob) -> dict[str, object]:
     rng = np.random.default_rng([job.seed, KIND_INDEX["background"], job.index])
     rate = tts.RATE
     n = int(job.seconds * rate)
-    bed_kind = str(rng.choice(["white", "pink", "brown", "hum"]))
+    bed_kind = str(rng.choice(["white", "pink", "brown", "hum", "fan", "motor"]))
     out = nz.at_rms_dbfs(nz.make_noise(rng, bed_kind, n, rate), float(rng.uniform(-55, -35)))
     pos = int(rng.uniform(0.5, 3.0) * rate)
     demo = job.demo
     bg = demo.background
-    session = tts.SpeechSession()
+    voices = Voices(demo)
     while pos < n:
         u = rng.random()
         if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
             kind = "speech" if u < bg.speech_share else "confusable"
-            text, voice = _text_for(rng, kind, job.texts), _speaker(rng, demo)
-            event = _speak(session, rng, demo, text, voice)
+            event, _ = voices.say(rng, _text_for(rng, kind, job.texts), demo.piper.stream_share)
+            event = _mic(rng, demo, event)
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:
             length = int(rng.uniform(0.3, 3.0) * rate)
-            kind = str(rng.choice(["white", "pink", "clicks", "hum", "brown"]))
+            kind = str(rng.choice(nz.EVENT_KINDS))
             event = nz.at_rms_dbfs(
                 nz.make_noise(rng, kind, length, rate), float(rng.uniform(-40, -15))
             )
@@ -170,7 +230,7 @@ def make_stream(job: StreamJob) -> dict[str, object]:
         end = min(n, pos + event.size)
         out[pos:end] += event[: end - pos].astype(np.float32)
         pos = end + int(rng.exponential(1.5) * rate)
-    session.close()
+    voices.close()
     peak = float(np.abs(out).max())
     if peak > 0.99:
         out *= np.float32(0.99 / peak)
@@ -205,6 +265,9 @@ def build_texts(demo: DemoParams, session: tts.SpeechSession) -> Texts:
                 demo.extra_confusables,
                 session,
                 min_distance=demo.min_confusable_distance,
+                dictionary=demo.confusables.dictionary,
+                per_word=demo.confusables.per_word,
+                min_phones=demo.confusables.min_phones,
             )
         ),
         speech=tuple(phrases.other_speech(demo.phrase)),
@@ -218,6 +281,11 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
     with tts.SpeechSession() as session:
         for voice in demo.voices:  # fail fast, naming the key, before any work
             session.check_voice(voice)
+        for voice in demo.accent_voices:
+            try:
+                session.check_voice(voice)
+            except SoundopsError as exc:
+                raise SoundopsError(str(exc).replace("demo.voices", "demo.accent_voices")) from exc
         for variant in demo.variants:
             session.check_voice(f"{demo.voices[0]}+{variant}")
         texts = build_texts(demo, session)

@@ -65,9 +65,16 @@ def confusables(
     session: tts.SpeechSession,
     k: int = 6,
     min_distance: float = 0.0,
+    dictionary: str = "lexicon",
+    per_word: int = 30,
+    min_phones: int = 2,
 ) -> list[str]:
     """Phonetically confusable negatives: single words and partial phrases, one word swapped
-    for a near-sounding word, words reordered, plus user-given phrases."""
+    for a near-sounding word (from CMUdict by phonemes, or from the bundled lexicon by
+    espeak-ng's IPA; a word CMUdict lacks falls back to the lexicon), words reordered, plus
+    user-given phrases."""
+    from pipeline_lib.demo import confusables as cmu
+
     words = phrase.lower().split()
     out: list[str] = []
     out.extend(words)
@@ -75,6 +82,9 @@ def confusables(
         out.extend(" ".join(words[:i]) for i in range(1, len(words)))
         out.extend(" ".join(p) for p in itertools.permutations(words) if list(p) != words)
     for i, w in enumerate(words):
+        if dictionary == "cmudict" and w in cmu.dictionary():
+            out.extend(cmu.for_phrase(phrase, per_word, min_phones, only=i))
+            continue
         for near in near_words(w, k, session, min_distance):
             out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
     out.extend(extra)

@@ -1,0 +1,537 @@
+"""Real voices: does a wake word trained from its phrase alone hear real people?
+
+Trains the phrase through the pipeline in a throw-away copy of this project (the copy's
+own sources only: no real recording of the phrase reaches training), then scores the
+shipped INT8 model (``data/export/model_int8.onnx``: the graph the TFLite file holds,
+parity-gated by the export stage) through the streaming detector on
+
+- **positives**: every real recording of the phrase (default: the 315 "alexa" speakers in
+  ``../shared/data/wakewords-real/alexa``), each put at a stated SNR into real noise (the
+  drone and environmental recordings of ``../shared/data/drone``), one every few seconds;
+- **negatives**: hours of audio that never holds the phrase: the real recordings of the
+  other phrases, the drone and environmental recordings, and speech spoken by espeak-ng
+  voices that the training never used (checked against the copy's params).
+
+It prints false rejections at 0.1 / 0.5 / 1 / 2 false alarms per hour (events with the
+calibrated refractory time; the threshold swept on this audio: a DET point), recall and
+FAH at the calibrated preset with 95% intervals, whether the preset's FAH target lies in
+that interval, and the model's size; for "alexa", microWakeWord's INT8 model (from the
+``pymicro-wakeword`` wheel, its own features, stride and sliding window) on the same
+audio in the same run. It also writes ``real_voices.json`` and a DET plot
+``real_voices.png`` into the work folder.
+
+    python benchmarks/real_voices.py [--phrase alexa] [--set train.epochs=20 ...]
+        [--keep DIR] [--project DIR]    # --project: score an already built copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+FAH_TARGETS = (0.1, 0.5, 1.0, 2.0)
+# espeak-ng voices that speak the negative speech; the training must not use them
+HELD_OUT_VOICES = ("cs", "hu", "fi", "ro", "nb", "ru", "hi", "el")
+HELD_OUT_VARIANTS = ("m1", "m3", "f2", "f4", "klatt4", "Mr serious", "steph", "robosoft")
+PEERS = {"alexa": "alexa"}  # phrase -> pymicro-wakeword built-in model
+
+log = logging.getLogger("real_voices")
+
+
+def run(cwd: Path, *cmd: str) -> None:
+    # PYTHONPATH: the copy's stages run the copy's code, not this checkout's install
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+    }
+    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+
+
+def copy_project(dest: Path) -> None:
+    """This checkout's tracked and untracked-not-ignored files, as a fresh git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = REPO / name.decode()
+        if src.is_file():
+            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name.decode())
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qm", "copy")
+
+
+def set_params(root: Path, phrase: str, overrides: list[str]) -> dict[str, Any]:
+    path = root / "params.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["demo"]["phrase"] = phrase
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = raw
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node[k]
+        node[leaf] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return dict(raw)
+
+
+def check_training_is_clean(raw: dict[str, Any], real: Path) -> None:
+    """No training source reads the real recordings; no held-out voice trains."""
+    for src in raw["ingest"]["sources"]:
+        root = (REPO / str(src["root"])).resolve()
+        if real.resolve() in (root, *root.parents) or root in real.resolve().parents:
+            sys.exit(f"ingest source {src['name']!r} reads {real}: not a clean benchmark.")
+    demo = raw["demo"]
+    used = {v.split("+")[0] for v in [*demo["voices"], *demo["accent_voices"]]}
+    if used & set(HELD_OUT_VOICES):
+        sys.exit(f"training uses held-out voice(s) {sorted(used & set(HELD_OUT_VOICES))}.")
+
+
+# ---------------------------------------------------------------- audio
+
+
+def read16k(path: Path) -> np.ndarray | None:
+    from pipeline_lib.audio import resample
+
+    try:
+        x, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    mono = x.mean(axis=1)
+    return mono if rate == 16000 else resample(mono, rate, 16000)
+
+
+def speech_rms(x: np.ndarray, rate: int = 16000) -> float:
+    """RMS over the 30 ms frames within 30 dB of the loudest: the voice, not the pauses."""
+    n = int(0.03 * rate)
+    frames = x[: x.size // n * n].reshape(-1, n)
+    e = np.sqrt(np.mean(frames**2, axis=1)) + 1e-12
+    return float(np.sqrt(np.mean(e[e >= e.max() * 10 ** (-30 / 20)] ** 2)))
+
+
+def noise_bed(files: list[Path], seconds: float, rng: np.random.Generator) -> np.ndarray:
+    chunks, total = [], 0
+    for p in rng.permutation(np.array(files, dtype=object)):
+        x = read16k(Path(p))
+        if x is None or not np.any(x):
+            continue
+        x = x / (np.sqrt(np.mean(x**2)) + 1e-9) * 0.03  # each chunk at -30 dBFS RMS
+        chunks.append(x.astype(np.float32))
+        total += x.size
+        if total >= seconds * 16000:
+            break
+    bed = np.concatenate(chunks)
+    return np.resize(bed, int(seconds * 16000))
+
+
+@dataclass
+class Positives:
+    audio: np.ndarray
+    spans: list[tuple[float, float]]
+    undecodable: int
+
+
+def positives(real: Path, noise: list[Path], snr_db: float, gap_s: float, seed: int) -> Positives:
+    rng = np.random.default_rng(seed)
+    clips, bad = [], 0
+    for p in sorted(real.glob("*.flac")) + sorted(real.glob("*.wav")):
+        x = read16k(p)
+        if x is None or not np.any(x):
+            bad += 1
+            continue
+        clips.append(x)
+    spacing = max(gap_s, max(c.size for c in clips) / 16000 + 1.0)
+    bed = noise_bed(noise, (len(clips) + 2) * spacing, rng)
+    spans = []
+    for i, c in enumerate(clips):
+        start = int((i + 1) * spacing * 16000)
+        seg = bed[start : start + c.size]
+        gain = np.sqrt(np.mean(seg**2)) * 10 ** (snr_db / 20) / speech_rms(c)
+        bed[start : start + c.size] += c * np.float32(gain)
+        spans.append((start / 16000, (start + c.size) / 16000))
+    peak = float(np.abs(bed).max())
+    if peak > 0.99:
+        bed *= np.float32(0.99 / peak)
+    return Positives(bed, spans, bad)
+
+
+def negative_streams(
+    data: Path, phrase_dir: Path, out: Path, tts_minutes: float, seed: int, minutes: float = 10
+) -> dict[str, float]:
+    """Long FLAC recordings of audio that never holds the phrase; seconds per source."""
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[Path]] = {}
+    for d in sorted((data / "wakewords-real").iterdir()):
+        if d.is_dir() and d.resolve() != phrase_dir.resolve():
+            groups[f"real speech: {d.name}"] = sorted(d.glob("*.flac"))
+    for d in sorted((data / "drone").iterdir()):
+        if d.is_dir():
+            groups[f"real sound: {d.name}"] = sorted(d.glob("*.flac"))
+    seconds: dict[str, float] = {}
+    for name, files in groups.items():
+        buf: list[np.ndarray] = []
+        n, part, total = 0, 0, 0.0
+        for p in files:
+            x = read16k(p)
+            if x is None:
+                continue
+            buf.append(x)
+            n += x.size
+            if n >= minutes * 60 * 16000:
+                _write(out, name, part, buf)
+                total += n / 16000
+                buf, n, part = [], 0, part + 1
+        if buf:
+            _write(out, name, part, buf)
+            total += n / 16000
+        seconds[name] = total
+    seconds["held-out TTS speech (espeak-ng)"] = _tts_streams(out, tts_minutes, seed, minutes)
+    return seconds
+
+
+def _write(out: Path, name: str, part: int, buf: list[np.ndarray]) -> None:
+    slug = name.split(": ")[-1].replace(" ", "_")
+    sf.write(str(out / f"{slug}-{part:02d}.flac"), np.concatenate(buf), 16000, subtype="PCM_16")
+
+
+def _tts_streams(out: Path, total_min: float, seed: int, minutes: float) -> float:
+    """Sentences and word strings of the bundled texts by held-out espeak-ng voices, with
+    pauses; never a word of any real phrase folder."""
+    from pipeline_lib import tts
+    from pipeline_lib.audio import resample
+    from pipeline_lib.demo import phrases
+
+    banned = {"alexa", "jarvis", "smart", "mirror", "snowboy"}
+    sentences = [s for s in phrases.sentences() if not banned & set(s.lower().split())]
+    words = [w for w in phrases.lexicon() if w not in banned]
+    rng = np.random.default_rng([seed, 99])
+    done = 0.0
+    part = 0
+    while done < total_min * 60:
+        buf, n = [], 0
+        with tts.SpeechSession() as session:
+            while n < minutes * 60 * 16000:
+                voice = f"{rng.choice(HELD_OUT_VOICES)}+{rng.choice(HELD_OUT_VARIANTS)}"
+                text = (
+                    str(rng.choice(sentences))
+                    if rng.random() < 0.6
+                    else " ".join(rng.choice(words, size=int(rng.integers(2, 9))))
+                )
+                x = session.speak(text, voice, int(rng.uniform(120, 200)), int(rng.uniform(25, 75)))
+                x = resample(x, tts.RATE, 16000)
+                pause = np.zeros(int(rng.exponential(1.5) * 16000), np.float32)
+                buf += [
+                    x / (np.abs(x).max() + 1e-9) * 0.5 * 10 ** (rng.uniform(-20, 0) / 20),
+                    pause,
+                ]
+                n += x.size + pause.size
+        _write(out, "tts", part, buf)
+        done += n / 16000
+        part += 1
+    return done
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def ours(root: Path, pos: Positives, streams: list[Path], preset: str) -> dict[str, Any]:
+    from pipeline_lib import evaluate
+    from pipeline_lib.scorers import OnnxScorer
+    from pipeline_lib.streaming import Calibration, Scored, StreamingDetector, score_file
+
+    model = root / "data" / "export" / "model_int8.onnx"
+    scorer = OnnxScorer(model)
+    cal = Calibration.load(root / "data" / "calibration" / "calibration.json", preset)
+    recs = []
+    for p in streams:
+        fs = score_file(p, scorer, cal)
+        recs.append(
+            evaluate.Recording(p.name, p.stem.rsplit("-", 1)[0], p, fs.duration_s, fs.scored)
+        )
+    det = StreamingDetector(scorer, cal)
+    block = 30 * 16000
+    scored = Scored.join(
+        [det.push(pos.audio[i : i + block]) for i in range(0, pos.audio.size, block)]
+        + [det.finish()]
+    )
+    rule = cal.rule
+    window_s = scorer.spec.frames * 0.01
+    manifest = json.loads((root / "data" / "export" / "device_manifest.json").read_text())
+    out = figures(recs, scored, pos.spans, rule.threshold, rule.refractory_s, window_s)
+    out["model"] = f"soundops INT8 ({manifest['spec']['arch']})"
+    out["preset"] = {
+        "name": preset,
+        "target_fah": _target(root, preset),
+        "smoothing": rule.smoothing,
+    }
+    out["tflite_bytes"] = (root / "data" / "export" / "model_int8.tflite").stat().st_size
+    out["arena_bytes"] = int(manifest["tensor_arena_bytes"])
+    return out
+
+
+def _target(root: Path, preset: str) -> float:
+    raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    return float(raw["calibrate"]["presets"][preset])
+
+
+def peer(name: str, pos: Positives, streams: list[Path], refractory_s: float) -> dict[str, Any]:
+    """microWakeWord's model as ESPHome runs it: its features, stride, sliding mean."""
+    import importlib.resources
+
+    from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures
+
+    from pipeline_lib import evaluate
+
+    cfg = Path(str(importlib.resources.files("pymicro_wakeword") / "models" / f"{name}.json"))
+    mww = MicroWakeWord.from_config(cfg)
+
+    def run_peer(x: np.ndarray) -> Any:
+        from pipeline_lib.streaming import Scored
+
+        mww.reset()
+        feats = MicroWakeWordFeatures()
+        pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+        times, probs = [], []
+        frame = 0
+        for i in range(0, len(pcm), 3200 * 10):
+            for f in feats.process_streaming(pcm[i : i + 3200 * 10]):
+                frame += 1
+                p = mww.process_streaming_prob(f)
+                if not mww._features and p is not None:  # an inference ran on this frame
+                    times.append(frame * 0.01 + 0.02)
+                    probs.append(p)
+        t, s = np.asarray(times), np.asarray(probs)
+        return Scored(t, s, s, [])
+
+    recs = []
+    for p in streams:
+        x = read16k(p)
+        assert x is not None
+        recs.append(evaluate.Recording(p.name, p.stem, p, x.size / 16000, run_peer(x)))
+    scored = run_peer(pos.audio)
+    out = figures(recs, scored, pos.spans, mww.probability_cutoff, refractory_s, 1.5)
+    out["model"] = f"microWakeWord INT8 ({name}, pymicro-wakeword)"
+    out["preset"] = {"name": "its probability_cutoff", "target_fah": None}
+    out["tflite_bytes"] = Path(mww.tflite_model).stat().st_size
+    out["arena_bytes"] = int(json.loads(cfg.read_text())["micro"]["tensor_arena_size"])
+    return out
+
+
+def figures(
+    recs: list[Any],
+    pos: Any,
+    spans: list[tuple[float, float]],
+    threshold: float,
+    refractory_s: float,
+    window_s: float,
+) -> dict[str, Any]:
+    from pipeline_lib import detector, evaluate, metrics
+
+    tol = 0.5
+    curve = evaluate.sweep(recs, pos, spans, refractory_s, window_s, tol, points=600)
+    hours = sum(r.duration_s for r in recs) / 3600
+    n = metrics.count_events(
+        [r.scored.smoothed for r in recs], [r.scored.times for r in recs], threshold, refractory_s
+    )
+    ev = metrics.match_events(
+        detector.detect(pos.smoothed, pos.times, threshold, refractory_s), spans, window_s, tol
+    )
+    k = int(ev.hits.sum())
+    lo, hi = _wilson(k, len(spans))
+    return {
+        "frr_at_fah": {str(f): evaluate.frr_at_fah(curve, f) for f in FAH_TARGETS},
+        "operating_point": {
+            "threshold": threshold,
+            "recall": ev.recall,
+            "recall_lo": lo,
+            "recall_hi": hi,
+            **metrics.fah(n, hours),
+        },
+        "hours": hours,
+        "curve": curve[["fah", "frr"]].to_dict("list"),
+    }
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(c - h), float(c + h)
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in results:
+        c = r["curve"]
+        ax.plot(np.maximum(c["fah"], 0.01), c["frr"], label=r["model"])
+    for f in FAH_TARGETS:
+        ax.axvline(f, color="0.85", lw=0.8, zorder=0)
+    ax.set(xscale="log", xlabel="false alarms per hour", ylabel="false rejection rate", title=title)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phrase", default="alexa")
+    ap.add_argument("--real", type=Path, help="folder of real recordings of the phrase")
+    ap.add_argument("--data", type=Path, default=DATA, help="the shared real-audio folder")
+    ap.add_argument("--snr-db", type=float, default=10.0)
+    ap.add_argument("--gap-s", type=float, default=4.0)
+    ap.add_argument("--tts-minutes", type=float, default=120.0)
+    ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--set", action="append", default=[], help="params override KEY=YAML")
+    ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
+    ap.add_argument("--project", type=Path, help="an already built copy: skip training")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    folder = args.phrase.lower().replace(" ", "_")
+    real = args.real or args.data / "wakewords-real" / folder
+    if not real.is_dir():
+        sys.exit(f"{real}: no folder of real recordings of {args.phrase!r}.")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="soundops-real-"))
+    work.mkdir(parents=True, exist_ok=True)
+    root = args.project or work / "project"
+    train_s = None
+    if args.project is None:
+        if not root.exists():
+            root.mkdir()
+            copy_project(root)
+        raw = set_params(root, args.phrase, args.set)
+        check_training_is_clean(raw, real)
+        start = time.perf_counter()
+        run(root, "dvc", "repro", "export")
+        train_s = time.perf_counter() - start
+    raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    check_training_is_clean(raw, real)
+    seed = int(raw["seed"])
+    noise = sorted((args.data / "drone").rglob("*.flac"))
+    t0 = time.perf_counter()
+    pos = positives(real, noise, args.snr_db, args.gap_s, seed)
+    neg_dir = work / "negatives"
+    if neg_dir.exists():
+        shutil.rmtree(neg_dir)
+    sources = negative_streams(args.data, real, neg_dir, args.tts_minutes, seed)
+    streams = sorted(neg_dir.glob("*.flac"))
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = [ours(root, pos, streams, args.preset)]
+    refractory = float(raw["calibrate"]["refractory_s"])
+    if args.phrase.lower() in PEERS:
+        results.append(peer(PEERS[args.phrase.lower()], pos, streams, refractory))
+    score_s = time.perf_counter() - t0
+    ingest = json.loads((root / "metrics" / "ingest.json").read_text())
+    report(args, real, pos, sources, results, ingest, train_s, build_s, score_s)
+    out = {
+        "phrase": args.phrase,
+        "snr_db": args.snr_db,
+        "positives": len(pos.spans),
+        "negative_hours": {k: v / 3600 for k, v in sources.items()},
+        "train_seconds": train_s,
+        "overrides": args.set,
+        "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],
+    }
+    (work / "real_voices.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+    plot(results, work / "real_voices.png", f"'{args.phrase}': {len(pos.spans)} real speakers")
+    print(f"\nwrote {work / 'real_voices.json'} and {work / 'real_voices.png'}")
+
+
+def report(
+    args: argparse.Namespace,
+    real: Path,
+    pos: Positives,
+    sources: dict[str, float],
+    results: list[dict[str, Any]],
+    ingest: dict[str, Any],
+    train_s: float | None,
+    build_s: float,
+    score_s: float,
+) -> None:
+    hours = sum(sources.values()) / 3600
+    labels = ", ".join(f"{k} {v}" for k, v in ingest["clips_per_label"].items())
+    print(
+        f"\nphrase {args.phrase!r}; training set (the copy's own sources only): clips {labels}; "
+        f"{ingest['stream_hours']:.2f} h of background recordings"
+    )
+    if args.set:
+        print(f"params overrides: {' '.join(args.set)}")
+    if train_s is not None:
+        print(f"training through the pipeline (dvc repro export): {train_s:.0f} s")
+    print(
+        f"positives: {len(pos.spans)} real recordings from {real} at {args.snr_db:g} dB SNR in "
+        f"real drone/environmental noise ({pos.undecodable} undecodable skipped)"
+    )
+    print(f"negatives: {hours:.2f} h:")
+    for k, v in sources.items():
+        print(f"  {k}: {v / 3600:.2f} h")
+    print(f"(built in {build_s:.0f} s, scored in {score_s:.0f} s)\n")
+    head = [
+        "model",
+        *[f"FRR@{f:g}" for f in FAH_TARGETS],
+        "thr",
+        "recall (95%)",
+        "FAH (95%)",
+        "TFLite",
+        "arena",
+    ]
+    rows = []
+    for r in results:
+        op = r["operating_point"]
+        rows.append(
+            [
+                r["model"],
+                *[f"{r['frr_at_fah'][str(f)]['frr']:.3f}" for f in FAH_TARGETS],
+                f"{op['threshold']:.3f}",
+                f"{op['recall']:.3f} ({op['recall_lo']:.3f}-{op['recall_hi']:.3f})",
+                f"{op['fah']:.2f} ({op['fah_lo']:.2f}-{op['fah_hi']:.2f})",
+                f"{r['tflite_bytes']:,}",
+                f"{r['arena_bytes']:,}",
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    for line in [head, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
+    mine = results[0]
+    op, target = mine["operating_point"], mine["preset"]["target_fah"]
+    inside = op["fah_lo"] <= target <= op["fah_hi"]
+    print(
+        f"\npreset {mine['preset']['name']!r} (target {target:g} FAH): measured "
+        f"{op['fah']:.2f} ({op['fah_lo']:.2f}-{op['fah_hi']:.2f}) over {mine['hours']:.2f} h: "
+        f"target {'inside' if inside else 'OUTSIDE'} the 95% interval"
+    )
+
+
+if __name__ == "__main__":
+    main()
