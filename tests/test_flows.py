@@ -220,9 +220,7 @@ def test_gate_failures_name_each_gate() -> None:
 
 
 def test_real_recall_gate_needs_real_recordings_and_their_recall() -> None:
-    gates = parse_params(shipped_params()).release.gates.model_copy(
-        update={"min_real_recall": 0.8}
-    )
+    gates = parse_params(shipped_params()).release.gates.model_copy(update={"min_real_recall": 0.8})
     good = {"fah": 1.0, "recall": 0.95, "int8_parity": 1.0, "fits_targets": 1.0}
     (none,) = registry.gate_failures(good, gates)
     assert "no real target recordings were evaluated" in none

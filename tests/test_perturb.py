@@ -44,12 +44,10 @@ def test_vtl_factor_stays_in_range_on_a_1_40_grid() -> None:
 
 
 def test_telephone_band_passes_speech_band_and_cuts_the_rest() -> None:
-    rng = np.random.default_rng(1)
     for freq, passed in ((100.0, False), (1000.0, True), (6000.0, False)):
         x = _tone(freq)
         g = _gain_db(x, perturb.channel(x, RATE, "telephone", np.random.default_rng(1)))
         assert (g > -3) if passed else (g < -20), (freq, g)
-    _ = rng
 
 
 def test_narrowband_codec_removes_everything_above_4_khz() -> None:
@@ -75,9 +73,6 @@ def test_every_channel_is_deterministic_for_a_seed() -> None:
         a = perturb.channel(x, RATE, kind, np.random.default_rng(7))
         b = perturb.channel(x, RATE, kind, np.random.default_rng(7))
         assert a.dtype == np.float32 and a.shape == x.shape and a.tobytes() == b.tobytes(), kind
-    y1, f1, k1 = perturb.perturb(x, RATE, np.random.default_rng(9), (0.85, 1.2), 1.0)
-    y2, f2, k2 = perturb.perturb(x, RATE, np.random.default_rng(9), (0.85, 1.2), 1.0)
-    assert (f1, k1) == (f2, k2) and y1.tobytes() == y2.tobytes() and k1 in perturb.CHANNELS
 
 
 def test_unknown_channel_is_refused() -> None:

@@ -92,19 +92,3 @@ def channel(x: np.ndarray, rate: int, kind: str, rng: np.random.Generator) -> np
         drive = 10 ** (rng.uniform(3, 12) / 20)
         return (np.clip(x / peak * drive, -1.0, 1.0) * peak).astype(np.float32)
     raise ValueError(f"unknown channel {kind!r}")
-
-
-def perturb(
-    x: np.ndarray,
-    rate: int,
-    rng: np.random.Generator,
-    vtl: tuple[float, float],
-    channel_prob: float,
-) -> tuple[np.ndarray, Fraction, str]:
-    """A new speaker and microphone for ``x``; returns the audio, the factor, the channel."""
-    factor = vtl_factor(rng, *vtl)
-    y = vocal_tract(x, factor)
-    kind = str(rng.choice(CHANNELS)) if rng.random() < channel_prob else "none"
-    if kind != "none":
-        y = channel(y, rate, kind, rng)
-    return y, factor, kind
