@@ -104,6 +104,7 @@ class ConfusableParams(_Strict):
     dictionary: Literal["cmudict", "lexicon"]
     per_word: Annotated[int, Field(ge=1, le=500)]
     min_phones: Annotated[int, Field(ge=1, le=5)]  # fewer edits is a near-homophone
+    min_share: Annotated[float, Field(ge=0, le=0.6)]  # ... and so is a smaller share of the phrase
 
 
 class DemoParams(_Strict):

@@ -114,6 +114,13 @@ def test_dictionary_confusables_sound_near_but_never_hold_the_phrase() -> None:
     assert {"smart", "mirror"} <= set(two)
     assert any(t.startswith("smart ") and t != "smart mirror" for t in two)
     assert any(t.endswith(" mirror") and t != "smart mirror" for t in two)
+    # a one-word swap must move a long phrase by a share of its sounds, not two phonemes
+    whole = cmu.phones_of("smart mirror")
+    assert whole is not None
+    for text in two:
+        sounds = cmu.phones_of(text)
+        if sounds is not None:
+            assert cmu.edit_distance(sounds, whole) >= 0.25 * max(len(sounds), len(whole))
 
 
 def test_a_word_outside_the_dictionary_falls_back_to_the_lexicon() -> None:

@@ -10,6 +10,7 @@ phrase itself are never negatives: a model taught to reject them would reject th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -152,25 +153,43 @@ def compounds(word: str, count: int, min_phones: int) -> list[str]:
                 continue
             whole = head + ph
             d = edit_distance(whole, target)
-            if min_phones <= d <= 3 and word not in heads[0] + w:
+            if min_phones <= d <= max(3, min_phones + 1) and word not in heads[0] + w:
                 found.append((d * 10 + (w not in _common()) * 5, f"{heads[0]} {w}"))
     found.sort()
     return list(dict.fromkeys(t for _, t in found))[:count]
 
 
-def for_phrase(phrase: str, per_word: int, min_phones: int, only: int | None = None) -> list[str]:
+def for_phrase(
+    phrase: str, per_word: int, min_phones: int, min_share: float = 0.0, only: int | None = None
+) -> list[str]:
     """Dictionary confusables of each word of ``phrase`` (or of word ``only``): near
-    words, word parts, near rhymes and two-word compounds, each put in the word's place."""
+    words, word parts, near rhymes and two-word compounds, each put in the word's place.
+
+    A swap must change the whole phrase by at least ``min_share`` of its sounds: two edits
+    make "alexa" another word, but leave "amber lantern" a mispronunciation of itself."""
     words = phrase.lower().split()
+    whole = phones_of(phrase)
+    need = max(min_phones, math.ceil(min_share * len(whole))) if whole else min_phones
     out: list[str] = []
     for i, w in enumerate(words):
         if only is not None and i != only:
             continue
         found: Iterable[str] = [
-            *near_words(w, per_word, min_phones),
+            *near_words(w, per_word, need, max(3, need + 1)),
             *word_parts(w, max(2, per_word // 3)),
             *rhymes(w, max(2, per_word // 4)),
-            *compounds(w, max(2, per_word // 4), min_phones),
+            *compounds(w, max(2, per_word // 4), need),
         ]
         out.extend(" ".join([*words[:i], f, *words[i + 1 :]]) for f in found)
-    return list(dict.fromkeys(p for p in out if p != phrase.lower()))
+    keep = []
+    for cand in dict.fromkeys(out):
+        sounds = phones_of(cand)
+        far = (
+            whole is None
+            or sounds is None
+            or edit_distance(sounds, whole)
+            >= max(min_phones, min_share * max(len(sounds), len(whole)))
+        )
+        if cand != phrase.lower() and far:
+            keep.append(cand)
+    return keep

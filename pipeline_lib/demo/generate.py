@@ -268,6 +268,7 @@ def build_texts(demo: DemoParams, session: tts.SpeechSession) -> Texts:
                 dictionary=demo.confusables.dictionary,
                 per_word=demo.confusables.per_word,
                 min_phones=demo.confusables.min_phones,
+                min_share=demo.confusables.min_share,
             )
         ),
         speech=tuple(phrases.other_speech(demo.phrase)),

@@ -68,6 +68,7 @@ def confusables(
     dictionary: str = "lexicon",
     per_word: int = 30,
     min_phones: int = 2,
+    min_share: float = 0.25,
 ) -> list[str]:
     """Phonetically confusable negatives: single words and partial phrases, one word swapped
     for a near-sounding word (from CMUdict by phonemes, or from the bundled lexicon by
@@ -83,7 +84,7 @@ def confusables(
         out.extend(" ".join(p) for p in itertools.permutations(words) if list(p) != words)
     for i, w in enumerate(words):
         if dictionary == "cmudict" and w in cmu.dictionary():
-            out.extend(cmu.for_phrase(phrase, per_word, min_phones, only=i))
+            out.extend(cmu.for_phrase(phrase, per_word, min_phones, min_share, only=i))
             continue
         for near in near_words(w, k, session, min_distance):
             out.append(" ".join([*words[:i], near, *words[i + 1 :]]))
