@@ -20,7 +20,8 @@ that interval, and the model's size; for "alexa", microWakeWord's INT8 model (fr
 audio in the same run. It also writes ``real_voices.json`` and a DET plot
 ``real_voices.png`` into the work folder.
 
-    python benchmarks/real_voices.py [--phrase alexa] [--set train.epochs=20 ...]
+    python benchmarks/real_voices.py [--phrase alexa] [--recipe real_voice]
+        [--set train.epochs=20 ...]
         [--keep DIR] [--project DIR]    # --project: score an already built copy
 """
 
@@ -81,9 +82,22 @@ def copy_project(dest: Path) -> None:
     run(dest, "git", "-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qm", "copy")
 
 
-def set_params(root: Path, phrase: str, overrides: list[str]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def set_params(root: Path, phrase: str, preset: str | None, overrides: list[str]) -> dict[str, Any]:
     path = root / "params.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if preset:
+        file = root / "pipeline_lib" / "presets" / f"{preset}.yaml"
+        if not file.is_file():
+            sys.exit(f"{file}: no such preset.")
+        _merge(raw, yaml.safe_load(file.read_text(encoding="utf-8")))
     raw["demo"]["phrase"] = phrase
     for item in overrides:
         key, _, value = item.partition("=")
@@ -412,6 +426,7 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=4.0)
     ap.add_argument("--tts-minutes", type=float, default=120.0)
     ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--recipe", help="a preset of pipeline_lib/presets, e.g. real_voice")
     ap.add_argument("--set", action="append", default=[], help="params override KEY=YAML")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     ap.add_argument("--project", type=Path, help="an already built copy: skip training")
@@ -429,7 +444,7 @@ def main() -> None:
         if not root.exists():
             root.mkdir()
             copy_project(root)
-        raw = set_params(root, args.phrase, args.set)
+        raw = set_params(root, args.phrase, args.recipe, args.set)
         check_training_is_clean(raw, real)
         start = time.perf_counter()
         run(root, "dvc", "repro", "export")
@@ -460,6 +475,7 @@ def main() -> None:
         "positives": len(pos.spans),
         "negative_hours": {k: v / 3600 for k, v in sources.items()},
         "train_seconds": train_s,
+        "recipe": args.recipe,
         "overrides": args.set,
         "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],
     }
@@ -485,8 +501,8 @@ def report(
         f"\nphrase {args.phrase!r}; training set (the copy's own sources only): clips {labels}; "
         f"{ingest['stream_hours']:.2f} h of background recordings"
     )
-    if args.set:
-        print(f"params overrides: {' '.join(args.set)}")
+    if args.recipe or args.set:
+        print(f"recipe: {args.recipe or 'params.yaml defaults'}; overrides: {' '.join(args.set)}")
     if train_s is not None:
         print(f"training through the pipeline (dvc repro export): {train_s:.0f} s")
     print(

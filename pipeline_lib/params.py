@@ -124,6 +124,7 @@ class DemoParams(_Strict):
     pitch: Range
     piper: PiperParams
     perturb: PerturbParams
+    household_noise: bool  # machines, airflow, rain and music beside coloured noise and hum
     snr_db: Range
     background: BackgroundParams
 

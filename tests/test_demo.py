@@ -42,8 +42,21 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the shipped real-voice preset merged in."""
+    import yaml
+
+    preset = yaml.safe_load(
+        (Path(__file__).parents[1] / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8")
+    )
+    raw = copy.deepcopy(raw)
+    for key, value in preset["demo"].items():
+        raw["demo"][key] = value
+    return raw
+
+
 def test_deterministic_whatever_the_workers(tmp_path: Path, raw_params: dict[str, Any]) -> None:
-    raw = tiny_demo(raw_params)
+    raw = real_voice(tiny_demo(raw_params))  # every engine and perturbation in play
     generate_demo(parse_params(raw), Layout(tmp_path / "a"))
     raw["runtime"]["workers"] = 2
     generate_demo(parse_params(raw), Layout(tmp_path / "b"))
@@ -148,7 +161,7 @@ def test_piper_voice_is_a_function_of_its_generator() -> None:
 def test_corpus_mixes_engines_accents_and_microphones(
     tmp_path: Path, raw_params: dict[str, Any]
 ) -> None:
-    raw = tiny_demo(raw_params, per_label=12)
+    raw = real_voice(tiny_demo(raw_params, per_label=12))
     raw["demo"]["piper"]["clip_share"] = 0.5
     raw["demo"]["accent_share"] = 0.5
     layout = Layout(tmp_path)
@@ -166,7 +179,7 @@ def test_corpus_mixes_engines_accents_and_microphones(
 
 def test_unknown_accent_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     raw = tiny_demo(raw_params)
-    raw["demo"]["accent_voices"] = ["de", "klingon"]
+    raw["demo"]["accent_voices"] = ["de", "xx"]
     with pytest.raises(SoundopsError, match=r"demo\.accent_voices: espeak-ng has no voice"):
         generate_demo(parse_params(raw), Layout(tmp_path))
     assert not (tmp_path / "data" / "demo").exists()

@@ -177,7 +177,7 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
     n = int(job.demo.clip_seconds * rate)
     row: dict[str, object] = {"label": job.kind, "role": "clip", "split": ""}
     if job.kind == "noise":
-        kind = str(rng.choice(nz.NOISE_KINDS))
+        kind = str(rng.choice(nz.kinds(job.demo.household_noise)[0]))
         level = (
             float(rng.choice([-75.0, -65.0, -55.0]))
             if kind == "silence"
@@ -193,7 +193,7 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
         speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
         clip = _place(rng, speech.astype(np.float32), n)
         snr = rng.uniform(job.demo.snr_db.min, job.demo.snr_db.max)
-        bed = nz.make_noise(rng, str(rng.choice(nz.BED_KINDS)), n, rate)
+        bed = nz.make_noise(rng, str(rng.choice(nz.kinds(job.demo.household_noise)[1])), n, rate)
         sig_rms = float(np.sqrt(np.mean(speech**2))) + 1e-9
         clip = _mic(rng, job.demo, clip + bed * np.float32(sig_rms / 10 ** (snr / 20)))
         row |= {"group": voice, "text": text, "voice": voice}
@@ -207,7 +207,8 @@ def make_stream(job: StreamJob) -> dict[str, object]:
     rng = np.random.default_rng([job.seed, KIND_INDEX["background"], job.index])
     rate = tts.RATE
     n = int(job.seconds * rate)
-    bed_kind = str(rng.choice(["white", "pink", "brown", "hum", "fan", "motor"]))
+    _, _, event_kinds, bed_kinds = nz.kinds(job.demo.household_noise)
+    bed_kind = str(rng.choice(bed_kinds))
     out = nz.at_rms_dbfs(nz.make_noise(rng, bed_kind, n, rate), float(rng.uniform(-55, -35)))
     pos = int(rng.uniform(0.5, 3.0) * rate)
     demo = job.demo
@@ -222,7 +223,7 @@ def make_stream(job: StreamJob) -> dict[str, object]:
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:
             length = int(rng.uniform(0.3, 3.0) * rate)
-            kind = str(rng.choice(nz.EVENT_KINDS))
+            kind = str(rng.choice(event_kinds))
             event = nz.at_rms_dbfs(
                 nz.make_noise(rng, kind, length, rate), float(rng.uniform(-40, -15))
             )

@@ -19,8 +19,22 @@ NOISE_KINDS = (
     "rain",
     "music",
 )
-BED_KINDS = ("white", "pink", "brown", "blue", "hum", "motor", "fan", "rain", "music")
-EVENT_KINDS = ("white", "pink", "clicks", "hum", "brown", "motor", "fan", "rain", "music")
+HOUSEHOLD = ("motor", "fan", "rain", "music")
+CLASSIC_NOISE = NOISE_KINDS[: -len(HOUSEHOLD)]
+
+
+def kinds(
+    household: bool,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Noise clip, clip bed, background event and background bed kinds; ``household``
+    adds the machine, airflow, rain and music sounds to each."""
+    extra = HOUSEHOLD if household else ()
+    return (
+        CLASSIC_NOISE + extra,
+        ("white", "pink", "brown", "blue", "hum", *extra),
+        ("white", "pink", "clicks", "hum", "brown", *extra),
+        ("white", "pink", "brown", "hum", *(("fan", "motor") if household else ())),
+    )
 
 
 def coloured(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
