@@ -372,7 +372,7 @@ def figures(
         detector.detect(pos.smoothed, pos.times, threshold, refractory_s), spans, window_s, tol
     )
     k = int(ev.hits.sum())
-    lo, hi = _wilson(k, len(spans))
+    lo, hi = evaluate._wilson(k, len(spans))
     return {
         "frr_at_fah": {str(f): evaluate.frr_at_fah(curve, f) for f in FAH_TARGETS},
         "operating_point": {
@@ -385,16 +385,6 @@ def figures(
         "hours": hours,
         "curve": curve[["fah", "frr"]].to_dict("list"),
     }
-
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return float(c - h), float(c + h)
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:

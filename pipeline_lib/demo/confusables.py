@@ -11,7 +11,7 @@ phrase itself are never negatives: a model taught to reject them would reject th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 Phones = tuple[str, ...]
@@ -29,7 +29,8 @@ def dictionary() -> dict[str, Phones]:
     return out
 
 
-def edit_distance(a: Phones, b: Phones) -> int:
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two sequences of sounds (phonemes, or IPA letters)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]
@@ -87,9 +88,9 @@ def near_words(word: str, count: int, min_phones: int, max_phones: int = 3) -> l
 
 
 def _common() -> frozenset[str]:
-    from pipeline_lib.demo.phrases import lexicon
+    from pipeline_lib.demo import phrases  # phrases imports this module: import at call time
 
-    return frozenset(lexicon())
+    return frozenset(phrases.lexicon())
 
 
 def word_parts(word: str, count: int) -> list[str]:

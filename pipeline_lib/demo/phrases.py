@@ -7,16 +7,7 @@ from functools import lru_cache
 from importlib import resources
 
 from pipeline_lib import tts
-
-
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+from pipeline_lib.demo.confusables import edit_distance
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +37,7 @@ def near_words(
             continue
         if ph == target:
             continue
-        dist = _edit_distance(target, ph) / max(len(target), len(ph), 1)
+        dist = edit_distance(target, ph) / max(len(target), len(ph), 1)
         if dist >= min_distance:
             scored.append((dist, cand))
     scored.sort()
