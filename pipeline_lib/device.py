@@ -123,6 +123,13 @@ def manifest(
     }
 
 
+def _num(value: float | None, digits: int) -> str:
+    """A figure, or "n/a" where a test split could not measure it (JSON null, NaN)."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
 def model_card(
     spec: ModelSpec,
     evaluation: dict[str, Any],
@@ -154,10 +161,10 @@ def model_card(
         f"{op['smoothing']}, refractory {op['refractory_s']} s.",
         f"- False alarms per hour: **{op['fah']:.2f}** ({op['fah_lo']:.2f}-{op['fah_hi']:.2f}) "
         f"over {op['hours']:.2f} h of test background ({op['false_alarms']} events).",
-        f"- Event recall: **{op['recall']:.3f}** ({op['recall_lo']:.3f}-{op['recall_hi']:.3f}) "
-        f"of {op['positives']} inserted positives.",
-        f"- Test clips: ROC-AUC {clips['roc_auc']:.4f}, EER {clips['eer']:.4f}, "
-        f"pAUC@0.1 {clips['pauc_0.1']:.4f}.",
+        f"- Event recall: **{_num(op['recall'], 3)}** ({_num(op['recall_lo'], 3)}-"
+        f"{_num(op['recall_hi'], 3)}) of {op['positives']} inserted positives.",
+        f"- Test clips: ROC-AUC {_num(clips['roc_auc'], 4)}, EER {_num(clips['eer'], 4)}, "
+        f"pAUC@0.1 {_num(clips['pauc_0.1'], 4)}.",
         "",
         "## INT8 on the device runtime",
         f"- Sizes: INT8 TFLite {sizes['tflite_int8']:,} bytes, INT8 ONNX "
