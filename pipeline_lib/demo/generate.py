@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -88,47 +89,55 @@ class Voices:
     def close(self) -> None:
         self.espeak.close()
 
-    def say(
-        self, rng: np.random.Generator, text: str, piper_share: float
-    ) -> tuple[np.ndarray, str]:
-        """One utterance by a randomly drawn speaker, perturbed into a new speaker and
-        microphone; returns the trimmed samples at :data:`tts.RATE` and the speaker's
-        group (the unit the split keeps in one split)."""
+    def pick(self, rng: np.random.Generator, piper_share: float) -> tuple[str, Fraction]:
+        """A speaker: its group (the unit the split keeps in one split; for espeak-ng the
+        voice+variant to speak with) and its vocal-tract factor.
+
+        A feature that is off draws no random number, and the voice is drawn before the
+        text as it always was: the quick recipe's corpus is byte-identical to the one it
+        was before piper, accents and perturbations existed."""
         demo = self.demo
-        factor = perturb.vtl_factor(rng, demo.perturb.vtl.min, demo.perturb.vtl.max)
-        if rng.random() < piper_share:
+        vtl = demo.perturb.vtl
+        factor = (
+            perturb.vtl_factor(rng, vtl.min, vtl.max)
+            if vtl.min != vtl.max
+            else Fraction(round(vtl.min * perturb.VTL_STEP), perturb.VTL_STEP)
+        )
+        if piper_share > 0 and rng.random() < piper_share:
+            # one speaker made many: each band of vocal-tract factors is its own group
+            return f"{PIPER}{piper_voice.VOICE}-vtl{round(float(factor) * 20)}", factor
+        accent = (
+            demo.accent_share > 0 and bool(demo.accent_voices) and rng.random() < demo.accent_share
+        )
+        voices = demo.accent_voices if accent else demo.voices
+        return f"{rng.choice(voices)}+{rng.choice(demo.variants)}", factor
+
+    def say(self, rng: np.random.Generator, text: str, speaker: tuple[str, Fraction]) -> np.ndarray:
+        """``text`` by a speaker from :meth:`pick`, moved to its vocal-tract length;
+        trimmed samples at :data:`tts.RATE`."""
+        demo, (group, factor) = self.demo, speaker
+        if group.startswith(PIPER):
+            p = demo.piper
             how = piper_voice.Rendition(
-                length_scale=float(
-                    rng.uniform(demo.piper.length_scale.min, demo.piper.length_scale.max)
-                ),
-                noise_scale=float(
-                    rng.uniform(demo.piper.noise_scale.min, demo.piper.noise_scale.max)
-                ),
-                noise_w_scale=float(
-                    rng.uniform(demo.piper.noise_w_scale.min, demo.piper.noise_w_scale.max)
-                ),
+                length_scale=float(rng.uniform(p.length_scale.min, p.length_scale.max)),
+                noise_scale=float(rng.uniform(p.noise_scale.min, p.noise_scale.max)),
+                noise_w_scale=float(rng.uniform(p.noise_w_scale.min, p.noise_w_scale.max)),
             )
             speech = self.piper().speak(text, how, rng)
-            # one speaker made many: each band of vocal-tract factors is its own group
-            group = f"piper-{piper_voice.VOICE}-vtl{round(float(factor) * 20)}"
         else:
-            voices = (
-                demo.accent_voices
-                if demo.accent_voices and rng.random() < demo.accent_share
-                else demo.voices
-            )
-            group = f"{rng.choice(voices)}+{rng.choice(demo.variants)}"
             wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
             pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
-            speech = self.espeak.speak(
-                text, group, wpm, pitch, pitch_range=int(rng.uniform(20, 80))
-            )
-        return _trim(perturb.vocal_tract(speech, factor)), group
+            spread = int(rng.uniform(20, 80))
+            speech = self.espeak.speak(text, group, wpm, pitch, pitch_range=spread)
+        return _trim(perturb.vocal_tract(speech, factor))
+
+
+PIPER = "piper-"
 
 
 def _mic(rng: np.random.Generator, demo: DemoParams, x: np.ndarray) -> np.ndarray:
     """The clip through a random microphone or line (or none), at the same peak."""
-    if rng.random() >= demo.perturb.channel_prob:
+    if demo.perturb.channel_prob <= 0 or rng.random() >= demo.perturb.channel_prob:
         return x
     peak = float(np.abs(x).max())
     y = perturb.channel(x, tts.RATE, str(rng.choice(perturb.CHANNELS)), rng)
@@ -186,8 +195,10 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
         clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
         row |= {"group": f"noise-{index:05d}", "text": kind, "voice": ""}
     else:
+        speaker = voices.pick(rng, job.demo.piper.clip_share)
+        voice = speaker[0]
         text = _text_for(rng, job.kind, job.texts)
-        speech, voice = voices.say(rng, text, job.demo.piper.clip_share)
+        speech = voices.say(rng, text, speaker)
         if job.kind != "speech" and speech.size > n:  # keep the whole phrase: grow the clip
             n = speech.size + int(0.1 * rate)
         speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
@@ -218,7 +229,8 @@ def make_stream(job: StreamJob) -> dict[str, object]:
         u = rng.random()
         if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
             kind = "speech" if u < bg.speech_share else "confusable"
-            event, _ = voices.say(rng, _text_for(rng, kind, job.texts), demo.piper.stream_share)
+            text = _text_for(rng, kind, job.texts)
+            event = voices.say(rng, text, voices.pick(rng, demo.piper.stream_share))
             event = _mic(rng, demo, event)
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:
