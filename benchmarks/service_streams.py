@@ -11,15 +11,27 @@ the time from sending a frame to its reply is the latency of that window.
    stays under one hop and its last reply comes within half a second of its last frame.
    The largest N where every stream does is the figure. The clients run on the same
    machine as the server and take their share of its cores.
+3. ``--hostile N``: instead of 2, the good streams (``--streams``) while N clients loop
+   ``POST /v1/detect`` with an 18 s clip, every tenth of them with the multi-channel bomb
+   (600 s of 8-channel 96 kHz silence, 0.5 MB of FLAC). The uploaders run in a process of
+   their own and wait the Retry-After a 503 asks for (``--greedy``: they do not). Prints
+   the good streams' latency per window (p50, p95, max), the server's peak RSS, how many
+   uploads were served, refused (503) or bounced (413), and /health's slowest answer.
+
+``--chirp`` serves the tests' chirp detector from a scratch project (trained in about a
+minute), so no ``make demo`` is needed.
 
     python benchmarks/service_streams.py [--alias edge] [--seconds 20] [--workers 1]
+    python benchmarks/service_streams.py --chirp --hostile 80 --seconds 40
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -27,14 +39,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from pipeline_lib.audio import read_audio, resample
 
 REPO = Path(__file__).resolve().parents[1]
+BOMB_EVERY = 10  # one uploader in ten sends the multi-channel bomb
 
 
 @dataclass
@@ -56,7 +72,7 @@ def free_port() -> int:
 
 def start_server(
     root: Path, alias: str, port: int, streams: int, workers: int
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], Path]:
     exe = Path(sys.executable).with_name("soundops")
     cmd = [str(exe), "serve-model", "--root", str(root), "--port", str(port), "--alias", alias]
     cmd += ["--max-streams", str(streams), "--workers", str(workers)]
@@ -69,7 +85,7 @@ def start_server(
             sys.exit(f"soundops serve-model exited: {log.read_text().strip().splitlines()[-1:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
+                return proc, log
         except OSError:
             time.sleep(0.5)
     proc.terminate()
@@ -82,6 +98,16 @@ def cpu_seconds(pid: int) -> float:
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return own + sum(cpu_seconds(int(c)) for c in children)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server process and its worker processes."""
+    own = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            own = int(line.split()[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(rss_mb(int(c)) for c in children)
 
 
 async def one_stream(url: str, frames: list[bytes], hop_s: float, offset_s: float) -> StreamResult:
@@ -152,6 +178,173 @@ def frames_of(path: Path, rate: int, seconds: float, hop: int) -> list[bytes]:
     return [pcm[i : i + hop].tobytes() for i in range(0, need - hop + 1, hop)]
 
 
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def bomb_flac() -> bytes:
+    """600 s of 8-channel 96 kHz silence: 0.5 MB of FLAC, 1.8 GB as float32."""
+    buf = io.BytesIO()
+    block = np.zeros((96000 * 10, 8), dtype=np.int16)
+    with sf.SoundFile(buf, "w", 96000, 8, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(60):
+            f.write(block)
+    return buf.getvalue()
+
+
+async def upload_loop(
+    url: str, body: bytes, name: str, until: float, greedy: bool, out: list[tuple[int, float]]
+) -> None:
+    """POST ``body`` again and again until ``until``; ``(status, seconds)`` per answer
+    (status 0: no answer). A 503's Retry-After is waited unless ``greedy``."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        while time.time() < until:
+            t0 = time.perf_counter()
+            try:
+                res = await client.post(f"{url}/v1/detect?name={name}", content=body)
+                status, wait = res.status_code, float(res.headers.get("retry-after", 0))
+            except httpx.HTTPError:
+                status, wait = 0, 0.5
+            out.append((status, time.perf_counter() - t0))
+            if status == 503 and not greedy:
+                await asyncio.sleep(wait)
+
+
+def uploaders(
+    url: str, n: int, clip: bytes, bomb: bytes, until: float, greedy: bool, results: Any
+) -> None:
+    """The hostile clients, in a process of their own (the good streams' clock must not
+    share an event loop with them)."""
+
+    async def run() -> list[tuple[int, float]]:
+        out: list[tuple[int, float]] = []
+        jobs = [
+            upload_loop(
+                url,
+                bomb if i % BOMB_EVERY == 0 else clip,
+                "bomb.flac" if i % BOMB_EVERY == 0 else "clip.wav",
+                until,
+                greedy,
+                out,
+            )
+            for i in range(n)
+        ]
+        await asyncio.gather(*jobs)
+        return out
+
+    results.put(asyncio.run(run()))
+
+
+async def watch(
+    pid: int, url: str, stop: asyncio.Event, rss: list[float], health: list[float]
+) -> None:
+    """Server RSS every 0.25 s and /health's answer time every second, until ``stop``."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        tick = 0
+        while not stop.is_set():
+            rss.append(rss_mb(pid))
+            if tick % 4 == 0:
+                t0 = time.perf_counter()
+                await client.get(f"{url}/health")
+                health.append(time.perf_counter() - t0)
+            tick += 1
+            await asyncio.sleep(0.25)
+
+
+def hostile(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    url: str,
+    frames: list[bytes],
+    hop_s: float,
+    rate: int,
+    args: argparse.Namespace,
+) -> None:
+    """The good streams under N looping uploaders (one in ten sending the bomb)."""
+    http = f"http://127.0.0.1:{port}"
+    clip = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float32) / 32768
+    clip_wav = wav_bytes(np.resize(clip, int(18 * rate)), rate)
+    bomb = bomb_flac()
+    idle_rss = rss_mb(proc.pid)
+    warm_s = 3.0  # the uploaders fill every place before the streams start
+    until = time.time() + warm_s + len(frames) * hop_s + 2
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    load = ctx.Process(
+        target=uploaders, args=(http, args.hostile, clip_wav, bomb, until, args.greedy, results)
+    )
+    load.start()
+    time.sleep(warm_s)
+
+    async def measured() -> tuple[list[StreamResult], list[float], list[float]]:
+        stop, rss, health = asyncio.Event(), [idle_rss], list[float]()
+        watcher = asyncio.create_task(watch(proc.pid, http, stop, rss, health))
+        streams = await run_streams(url, frames, hop_s, args.streams)
+        stop.set()
+        await watcher
+        return streams, rss, health
+
+    t0, cpu0 = time.perf_counter(), cpu_seconds(proc.pid)
+    streams, rss, health = asyncio.run(measured())
+    cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+    answers: list[tuple[int, float]] = results.get(timeout=300)
+    load.join(timeout=60)
+    lat = np.concatenate([r.latencies_ms for r in streams]) if streams else np.array([])
+    counts = Counter(status for status, _ in answers)
+    served_s = [t for status, t in answers if status == 200]
+    refused = [r.refused for r in streams if r.refused]
+    print(
+        f"hostile: {args.streams} good stream(s) of {len(frames) * hop_s:g} s, {args.hostile} "
+        f"uploaders of an 18 s clip ({len(clip_wav) // 1024} KB WAV), every {BOMB_EVERY}th the "
+        f"8-channel bomb ({len(bomb) // 1024} KB FLAC); uploaders "
+        f"{'ignore' if args.greedy else 'wait'} Retry-After"
+    )
+    print(
+        f"good streams: latency per window p50 {np.percentile(lat, 50):.1f} ms, "
+        f"p95 {np.percentile(lat, 95):.1f} ms, max {lat.max():.1f} ms; worst tail "
+        f"{max(r.tail_s for r in streams):.2f} s; real time: "
+        f"{'yes' if not refused and np.percentile(lat, 95) < hop_s * 1000 else 'no'}"
+        + (f" ({refused[0]})" if refused else "")
+    )
+    print(
+        f"server: RSS idle {idle_rss:.0f} MB, peak {max(rss):.0f} MB; CPU {cpu * 100:.0f}%; "
+        f"/health slowest {max(health) * 1000:.0f} ms over {len(health)} probes"
+    )
+    print(
+        f"uploads: {counts[200]} served (median {np.median(served_s) if served_s else 0:.2f} s), "
+        f"{counts[503]} refused with 503, {counts[413]} bounced with 413 (the bomb), "
+        f"{sum(v for k, v in counts.items() if k not in (200, 413, 503))} other "
+        f"{dict((k, v) for k, v in counts.items() if k not in (200, 413, 503))}"
+    )
+
+
+def chirp_project() -> tuple[Path, Path]:
+    """A scratch project serving the tests' chirp detector as ``edge``, and a stream of
+    chirps and decoys to send it."""
+    import importlib
+
+    import yaml
+
+    from pipeline_lib.params import parse_params
+
+    sys.path.insert(0, str(REPO))
+    chirp_model = importlib.import_module("tests.chirp_model")  # test code: not type-checked
+    root = Path(tempfile.mkdtemp(prefix="soundops-bench-service-"))
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    chirp_model.publish(root, parse_params(raw), chirp_model.export(root / "chirp"))
+    audio = root / "scene.wav"
+    scene = chirp_model.scene(20.0, [3.0, 11.0], seed=3, decoys_at=[7.0])
+    sf.write(str(audio), scene, chirp_model.RATE, subtype="PCM_16")
+    return root, audio
+
+
 def default_audio(root: Path) -> Path:
     found = sorted((root / "data" / "demo" / "streams" / "test").glob("*.flac"))
     if not found:
@@ -167,9 +360,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     ap.add_argument("--max-streams", type=int, default=256)
     ap.add_argument("--workers", type=int, default=1, help="server processes")
+    ap.add_argument("--chirp", action="store_true", help="serve the tests' chirp detector")
+    ap.add_argument("--hostile", type=int, default=0, metavar="N", help="N looping uploaders")
+    ap.add_argument("--streams", type=int, default=1, help="good streams in --hostile mode")
+    ap.add_argument("--greedy", action="store_true", help="uploaders ignore Retry-After")
     args = ap.parse_args()
+    if args.chirp:
+        args.root, chirp_audio = chirp_project()
+        args.audio = args.audio or chirp_audio
     port = free_port()
-    proc = start_server(args.root, args.alias, port, args.max_streams, args.workers)
+    proc, log = start_server(args.root, args.alias, port, args.max_streams, args.workers)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model?alias={args.alias}") as r:
             info = json.loads(r.read())
@@ -184,6 +384,11 @@ def main() -> None:
             f"({args.seconds:g} s) per stream; {args.workers} server process(es); "
             f"{os.cpu_count()} cores shared by server and clients"
         )
+        if args.hostile:
+            hostile(proc, port, url, frames, hop_s, rate, args)
+            text = log.read_text(errors="replace")
+            print(f"server log: {text.count('Traceback')} tracebacks ({log})")
+            return
         one = asyncio.run(run_streams(url, frames, hop_s, 1))[0]
         lat = np.array(one.latencies_ms)
         print(

@@ -5,13 +5,34 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_debris(target: Path) -> None:
+    """Remove the temporaries of ``target`` left by processes that died (a SIGKILL skips
+    every ``finally``); the ones of live processes are theirs."""
+    for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -19,10 +40,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it over ``target``.
 
     Works for files and directories. On any exception the temporary is removed and the old
-    ``target`` (if any) is left untouched.
+    ``target`` (if any) is left untouched; a killed run's temporary is removed by the next.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_debris(target)
+    prefix = f".{target.name}.{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     work = tmp / target.name
     try:
         yield work
@@ -55,10 +78,14 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """JSON with keys sorted so reruns are byte-identical; NaN is null."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
 def write_json(target: Path, obj: Any) -> None:
-    """Write JSON atomically, keys sorted so reruns are byte-identical; NaN is null."""
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
-    write_text(target, text + "\n")
+    """Write :func:`json_text` atomically."""
+    write_text(target, json_text(obj))
 
 
 def write_csv(target: Path, frame: pd.DataFrame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,7 @@ def decode_audio(source: str | BinaryIO, name: str) -> Decoded:
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise AudioError(f"{name}: undecodable audio ({_short(exc)}).") from None
+        raise AudioError(f"{name}: undecodable audio ({short_error(exc)}).") from None
     if data.shape[0] == 0:
         raise AudioError(f"{name}: empty audio (no samples).")
     if not np.isfinite(data).all():
@@ -52,7 +53,7 @@ def decode_audio(source: str | BinaryIO, name: str) -> Decoded:
     return Decoded(np.ascontiguousarray(mono, dtype=np.float32), rate, rate, data.shape[1])
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
 
@@ -125,3 +126,40 @@ def write_flac(path: Path, pcm: np.ndarray, rate: int) -> None:
     """Write 16-bit mono FLAC."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), pcm, rate, format="FLAC", subtype="PCM_16")
+
+
+def audio_blocks(path: Path, rate: int, block_s: float = 30.0) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of a file of any length at ``rate``, resampled block by block
+    with enough context on each side that the joins are seamless."""
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{path}: undecodable audio ({exc}).") from None
+    with handle as f:
+        if f.frames == 0:
+            raise AudioError(f"{path}: empty audio (no samples).")
+        orig = f.samplerate
+        block = max(1, int(block_s * orig))
+        ctx = 0 if orig == rate else max(64, orig // 100)  # 10 ms of context for the filter
+        pos = 0
+        while pos < f.frames:
+            lo = max(0, pos - ctx)
+            try:  # a truncated or corrupt body fails here, after a readable header
+                f.seek(lo)
+                data = f.read(
+                    min(f.frames, pos + block + ctx) - lo, dtype="float32", always_2d=True
+                )
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(f"{path}: undecodable audio ({exc}).") from None
+            if not np.isfinite(data).all():
+                raise AudioError(f"{path}: audio holds NaN or infinite samples.")
+            mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            mono = np.ascontiguousarray(mono, dtype=np.float32)
+            if orig == rate:
+                yield mono
+            else:
+                out = resample(mono, orig, rate)
+                a = round((pos - lo) * rate / orig)
+                b = round((min(f.frames, pos + block) - lo) * rate / orig)
+                yield out[a:b]
+            pos += block

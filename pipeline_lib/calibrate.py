@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from pipeline_lib import detector, features, metrics
-from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.atomic import atomic_path, json_text, write_csv, write_json
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.extract import load_split_manifest
 from pipeline_lib.layout import Layout
@@ -207,7 +207,12 @@ def choose_rule(
     for k in cal.smoothing:
         bg = [detector.smooth(s, k) for s in audio.background.scores]
         thr = detector.threshold_for_fah(
-            bg, audio.background.times, audio.background.hours, target_fah, cal.refractory_s
+            bg,
+            audio.background.times,
+            audio.background.hours,
+            target_fah,
+            cal.refractory_s,
+            cal.fah_confidence,
         )
         fa = metrics.count_events(bg, audio.background.times, thr, cal.refractory_s)
         ps, pt = audio.positive_scores
@@ -286,7 +291,20 @@ def run_calibrate(params: Params, layout: Layout) -> dict[str, object]:
         "selected": presets[cal.preset],
         "val_positives": len(audio.positives.spans),
     }
-    with atomic_path(layout.calibration) as out:
+    sel = presets[cal.preset]
+    summary = {
+        "temperature": result["temperature"],
+        "ece_before": result["ece_before"],
+        "ece_after": result["ece_after"],
+        "val_fah": sel["fah"],
+        "val_recall": sel["recall"],
+        "threshold": sel["threshold"],
+        "smoothing": sel["smoothing"],
+    }
+    with (
+        atomic_path(layout.metrics / "calibrate.json") as metrics,
+        atomic_path(layout.calibration) as out,
+    ):
         out.mkdir(parents=True)
         write_json(out / "calibration.json", result)
         write_csv(
@@ -294,19 +312,7 @@ def run_calibrate(params: Params, layout: Layout) -> dict[str, object]:
             pd.concat([rel_before.assign(stage="before"), rel_after.assign(stage="after")]),
         )
         plot_reliability(rel_before, rel_after, out / "reliability.png")
-    sel = presets[cal.preset]
-    write_json(
-        layout.metrics / "calibrate.json",
-        {
-            "temperature": result["temperature"],
-            "ece_before": result["ece_before"],
-            "ece_after": result["ece_after"],
-            "val_fah": sel["fah"],
-            "val_recall": sel["recall"],
-            "threshold": sel["threshold"],
-            "smoothing": sel["smoothing"],
-        },
-    )
+        metrics.write_text(json_text(summary), encoding="utf-8")
     log.info(
         "calibrate: T=%.3f, ECE %.4f -> %.4f; %s: threshold %.4f, smoothing %d, val FAH "
         "%.2f, val recall %.4f",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.stages import STAGES, run_stage
@@ -37,12 +38,16 @@ app.add_typer(models_app, name="models")
 FLOWS = ("build", "retrain", "monitor")
 
 ROOT_OPT = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]
-err = Console(stderr=True)
+# Markup off: messages carry file names, params values and model refs that may hold
+# brackets, which rich would swallow or fail on.
+err = Console(stderr=True, markup=False, highlight=False)
 
 
 def _out() -> Console:
     """Standard output; wide when piped, so tables are not cut to 80 columns in logs."""
-    return Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
+    if sys.stdout.isatty():
+        return Console(markup=False)
+    return Console(width=200, soft_wrap=True, markup=False)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -61,7 +66,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 
 
 def _fail(exc: SoundopsError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -222,9 +227,9 @@ def _load(root: Path) -> tuple[Path, Params]:
 
 
 def _where_to_look(project: Path, params: Params) -> list[str]:
-    from pipeline_lib.tracking import tracking_uri
+    from pipeline_lib.tracking import redact_uri, tracking_uri
 
-    uri = tracking_uri(project, params)
+    uri = redact_uri(tracking_uri(project, params))
     shown = uri.replace(f"sqlite:///{project}/", "sqlite:///")
     return [
         f"MLflow UI: mlflow ui --backend-store-uri {shown}  (then http://127.0.0.1:5000)",
@@ -303,7 +308,7 @@ def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None
         f = v.figures
         status = "candidate" if "candidate" in v.aliases else v.tags.get("gates", "")
         out.print(
-            f"registered [bold]{name} version {v.version}[/] ({status}): FAH {f['fah']:.2f} "
+            f"registered {name} version {v.version} ({status}): FAH {f['fah']:.2f} "
             f"({f['fah_lo']:.2f}-{f['fah_hi']:.2f}) over {f['background_hours']:.2f} h of "
             f"background, recall {f['recall']:.4f}, INT8 TFLite {int(f['tflite_bytes']):,} bytes",
             highlight=False,
@@ -488,19 +493,55 @@ def serve_model(
     workers: Annotated[
         int | None, typer.Option(help="Server processes (default service.workers).")
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="SOUNDOPS_SERVICE_TOKEN", help="Required on /v1 when set."),
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="File holding the token required on /v1 (or set SOUNDOPS_SERVICE_TOKEN).",
+        ),
     ] = None,
+    token_arg: Annotated[str | None, typer.Option("--token", hidden=True)] = None,
 ) -> None:
     """Serve the registered model behind an alias (default `edge`): file detection,
     second-stage verification, live microphone streams and a browser view at /.
-    Binds to localhost; any other address needs a token. Stop with Ctrl-C."""
+    Binds to localhost; any other address needs a token, from the environment variable
+    SOUNDOPS_SERVICE_TOKEN or --token-file (never the command line, which `ps` shows to
+    every user). Stop with Ctrl-C."""
     import pydantic
 
     from pipeline_lib.params import ServiceParams
 
+    def service_token() -> str | None:
+        """The token from --token-file or SOUNDOPS_SERVICE_TOKEN (empty is unset), with
+        surrounding whitespace dropped; a blank one is refused, since it guards nothing."""
+        env = os.environ.get("SOUNDOPS_SERVICE_TOKEN", "")
+        if token_file is not None and env:
+            raise SoundopsError(
+                "give the service token once: SOUNDOPS_SERVICE_TOKEN or --token-file, not both."
+            )
+        if token_file is None:
+            raw, where = env, "SOUNDOPS_SERVICE_TOKEN"
+            if not env:
+                return None
+        else:
+            where = f"--token-file {token_file}"
+            try:
+                raw = token_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SoundopsError(f"{where}: cannot read it ({exc.strerror}).") from None
+            except UnicodeDecodeError:
+                raise SoundopsError(f"{where}: the file is not UTF-8 text.") from None
+        if not raw.strip():
+            raise SoundopsError(f"{where} holds only whitespace; set a real token.")
+        return raw.strip()
+
     try:
+        if token_arg is not None:  # refused, not ignored: someone meant to set a token
+            raise SoundopsError(
+                "--token would show the token to every user of this machine in `ps`; set "
+                "SOUNDOPS_SERVICE_TOKEN or put it in a file given with --token-file."
+            )
+        token = service_token()
         project, params = _registry(root)
         overrides = {
             "alias": alias,
@@ -520,11 +561,11 @@ def serve_model(
         if not _loopback(service.host) and not token:
             raise SoundopsError(
                 f"service.host {service.host} is reachable from other machines; set a token "
-                "with --token or SOUNDOPS_SERVICE_TOKEN."
+                "with SOUNDOPS_SERVICE_TOKEN or --token-file."
             )
         import uvicorn
 
-        from pipeline_lib.service_app import ENV_CONFIG
+        from pipeline_lib.service_app import ENV_CONFIG, TimedH11Protocol
         from pipeline_lib.serving import Models
 
         models = Models(project, params, service)
@@ -549,6 +590,9 @@ def serve_model(
         log_level="info",
         access_log=token is None,  # access lines would carry ?token=
         ws_max_size=int(service.max_frame_s * 2 * model.spec.rate * 2) + 1024,
+        http=TimedH11Protocol,  # h11 with a deadline for request headers
+        timeout_keep_alive=service.keep_alive_s,
+        h11_max_incomplete_event_size=16 * 1024,  # request line and headers: 431 beyond
     )
 
 

@@ -112,14 +112,29 @@ def detect(
     return events_from(smoothed, times, threshold, refractory_s)
 
 
+def fah_bound(events: int, hours: float, confidence: float) -> float:
+    """False alarms per hour: the count over the hours, or its one-sided Poisson upper
+    bound at ``confidence``."""
+    if confidence <= 0:
+        return events / hours
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(confidence, 2 * events + 2)) / (2 * hours)
+
+
 def threshold_for_fah(
     smoothed: list[np.ndarray],
     times: list[np.ndarray],
     hours: float,
     target_fah: float,
     refractory_s: float,
+    confidence: float = 0.0,
 ) -> float:
-    """The lowest threshold at which the streams' false alarms per hour stay <= target."""
+    """The lowest threshold at which the streams' false alarms per hour stay <= target.
+
+    With ``confidence`` > 0 the rate compared is the Poisson upper bound at that level
+    (Garwood), not the count over the hours: a threshold chosen where an hour of
+    validation audio happened to hold no false alarm otherwise fails on unseen audio."""
     pooled = np.concatenate(smoothed) if smoothed else np.zeros(0)
     if pooled.size == 0 or hours <= 0:
         return 0.5
@@ -134,7 +149,7 @@ def threshold_for_fah(
         mid = (lo + hi) // 2
         thr = float(candidates[mid])
         n = sum(len(detect(s, t, thr, refractory_s)) for s, t in zip(smoothed, times, strict=True))
-        if n / hours <= target_fah:
+        if fah_bound(n, hours, confidence) <= target_fah:
             best, hi = thr, mid - 1
         else:
             lo = mid + 1

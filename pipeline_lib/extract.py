@@ -22,7 +22,7 @@ import soundfile as sf
 from scipy.signal import fftconvolve
 
 from pipeline_lib import features
-from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.atomic import atomic_path, json_text, write_csv, write_json
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
 from pipeline_lib.parallel import pmap
@@ -179,6 +179,7 @@ def _stream_negatives(
         for sid in part["id"]
     }
     ids = list(feats)
+    records = {str(r["id"]): r for r in part.to_dict("records")}  # one look-up per window
     picks: list[np.ndarray] = []
     rows: list[dict[str, object]] = []
     for i in range(count):
@@ -186,7 +187,7 @@ def _stream_negatives(
         f = feats[sid]
         start = int(rng.integers(0, max(1, f.shape[0] - frames)))
         picks.append(np.asarray(f[start : start + frames]))
-        rec = part[part["id"] == sid].iloc[0]
+        rec = records[str(sid)]
         cls = params.task.class_of(str(rec["label"]))
         rows.append(
             {
@@ -230,7 +231,10 @@ def run_extract(params: Params, layout: Layout) -> dict[str, object]:
         "bins": bins,
         "front_end": params.features.front_end,
     }
-    with atomic_path(layout.features) as out:
+    with (
+        atomic_path(layout.metrics / "extract.json") as metrics,
+        atomic_path(layout.features) as out,
+    ):
         out.mkdir(parents=True)
         rir_path = out / "rirs.npy"
         np.save(
@@ -319,6 +323,6 @@ def run_extract(params: Params, layout: Layout) -> dict[str, object]:
         )
         del train_store, flat
         summary["stream_hours"] = round(float(streams["duration_s"].sum()) / 3600, 4)
-    write_json(layout.metrics / "extract.json", summary)
+        metrics.write_text(json_text(summary), encoding="utf-8")
     log.info("extract: %s", summary)
     return summary

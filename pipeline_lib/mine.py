@@ -25,7 +25,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from pipeline_lib import features, report
-from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.atomic import atomic_path, json_text, write_csv
 from pipeline_lib.audio import resample
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
@@ -128,7 +128,7 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
     keep = distinct[: mp.max_candidates]
     digest = model_hash(layout.model)
     rows = []
-    with atomic_path(layout.mine) as out:
+    with atomic_path(layout.metrics / "mine.json") as metrics, atomic_path(layout.mine) as out:
         (out / "clips").mkdir(parents=True)
         for i in keep:
             c = found[i]
@@ -151,16 +151,16 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
         ).sort_values("score", ascending=False)
         write_csv(out / CANDIDATES, frame)
         _review_page(out, frame, rate)
-    summary = {
-        "hours_scanned": round(seconds / 3600, 4),
-        "files": len(files),
-        "windows_runs": len(found),
-        "candidates": len(keep),
-        "near_duplicates": len(found) - len(distinct),
-        "threshold": mp.threshold,
-        "model_hash": digest,
-    }
-    write_json(layout.metrics / "mine.json", summary)
+        summary = {
+            "hours_scanned": round(seconds / 3600, 4),
+            "files": len(files),
+            "windows_runs": len(found),
+            "candidates": len(keep),
+            "near_duplicates": len(found) - len(distinct),
+            "threshold": mp.threshold,
+            "model_hash": digest,
+        }
+        metrics.write_text(json_text(summary), encoding="utf-8")
     log.info(
         "mine: %.2f h scanned, %d run(s) above %.2f, %d candidate(s) after merging "
         "near-duplicates; review data/mine/review.html, then `soundops mine accept`",

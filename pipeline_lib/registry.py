@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +48,31 @@ BUNDLE_FILES = (
     "device_manifest.json",
     "model_card.md",
 )
+
+
+# An MLflow alias and a folder name under releases/: no separators, dots or brackets, and
+# not ``latest`` or ``vN``, which MLflow reserves.
+_CHANNEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+DIGEST_TAG = "sha256."  # + export file name: the digest recorded when the version was made
+
+
+def check_channel(channel: str) -> str:
+    """The channel name, or one sentence saying why it cannot name a channel; checked
+    before anything is written, so ``--channel ../x`` touches no folder."""
+    if not _CHANNEL.fullmatch(channel) or channel == "latest" or re.fullmatch(r"v\d+", channel):
+        raise SoundopsError(
+            f"--channel: {channel!r} is not a channel name (lower-case letters, digits, '_' "
+            "and '-', starting with a letter; not 'latest' or a version like 'v3')."
+        )
+    if channel.endswith("-previous"):
+        raise SoundopsError(f"--channel: {channel!r}: '-previous' aliases are kept by soundops.")
+    return channel
+
+
+def file_digests(export: Path) -> dict[str, str]:
+    """Version tags holding each export file's sha256: what downloads and bundles are
+    checked against, so a changed byte in a cache or an artifact store is caught."""
+    return {f"{DIGEST_TAG}{f}": sha256(export / f) for f in EXPORT_FILES}
 
 
 def _client() -> Any:
@@ -195,13 +221,18 @@ def register(
             same[-1].version,
         )
         return same[-1], failed
-    tags = {f"fig.{k}": str(v) for k, v in figs.items()} | {
-        "data_version": dv["data_version"],
-        "eval_audio": eval_audio_hash(root),
-        "git_commit": git_commit(root),
-        "gates": "passed" if not failed else "; ".join(failed),
-        "arch": params.model.arch,
-    }
+    digests = file_digests(export)
+    tags = (
+        digests
+        | {f"fig.{k}": str(v) for k, v in figs.items()}
+        | {
+            "data_version": dv["data_version"],
+            "eval_audio": eval_audio_hash(root),
+            "git_commit": git_commit(root),
+            "gates": "passed" if not failed else "; ".join(failed),
+            "arch": params.model.arch,
+        }
+    )
     active = mlflow.active_run()
     if active is not None and active.info.run_id != run_id:
         raise SoundopsError(
@@ -288,7 +319,11 @@ def download(
 
     dest = root / STATE_DIR / "models" / version.name / str(version.version)
     if all((dest / f).is_file() for f in need):
-        return dest
+        bad = _digest_mismatch(version, dest, need)
+        if not bad:
+            return dest
+        log.warning("%s: differs from the registry's digest; downloading it again", dest / bad)
+        shutil.rmtree(dest, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # a staging folder of this process's own: service workers may fetch the same version
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -306,7 +341,24 @@ def download(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    bad = _digest_mismatch(version, dest, need)
+    if bad:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise SoundopsError(
+            f"model '{version.name}' version {version.version}: {bad} does not match the "
+            "sha256 recorded in the registry; the artifact store holds a changed file."
+        )
     return dest
+
+
+def _digest_mismatch(version: Version, folder: Path, files: tuple[str, ...]) -> str | None:
+    """The first file whose sha256 differs from the one the version recorded (versions
+    registered before digests were recorded have none to compare)."""
+    for name in files:
+        want = version.tags.get(f"{DIGEST_TAG}{name}")
+        if want is not None and sha256(folder / name) != want:
+            return name
+    return None
 
 
 def _history_key(channel: str) -> str:
@@ -328,6 +380,7 @@ def _history(params: Params, channel: str) -> list[int]:
 def write_bundle(params: Params, version: Version, root: Path, channel: str) -> Path:
     """``releases/CHANNEL/vN/``: the INT8 files, device manifest, model card, SHA256SUMS
     and release.json; written to a staging folder and renamed into place."""
+    check_channel(channel)
     files = download(params, version, root)
     dest = root / "releases" / channel / f"v{version.version}"
     staging = dest.with_name(f".{dest.name}.staging")
@@ -335,6 +388,10 @@ def write_bundle(params: Params, version: Version, root: Path, channel: str) -> 
     staging.mkdir(parents=True)
     for name in BUNDLE_FILES:
         shutil.copyfile(files / name, staging / name)
+    bad = _digest_mismatch(version, staging, BUNDLE_FILES)  # the copy, as it will ship
+    if bad:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SoundopsError(f"releases/{channel}: {bad} changed while the bundle was written.")
     sums = "".join(f"{sha256(staging / n)}  {n}\n" for n in BUNDLE_FILES)
     write_text(staging / "SHA256SUMS", sums)
     write_json(
@@ -359,6 +416,7 @@ def promote(params: Params, ref: str, channel: str, root: Path) -> tuple[Version
     failed gate otherwise); the previous holder stays in the channel's history."""
     if channel == CANDIDATE:
         raise SoundopsError("--channel: 'candidate' is set by builds, not by promotion.")
+    check_channel(channel)
     version = get_version(params, ref)
     failed = gate_failures(version.figures, params.release.gates)
     if failed:
@@ -382,6 +440,7 @@ def promote(params: Params, ref: str, channel: str, root: Path) -> tuple[Version
 
 def rollback(params: Params, channel: str, root: Path) -> Version:
     """Put the channel back on the version it held before the last promotion."""
+    check_channel(channel)
     history = _history(params, channel)
     if len(history) < 2:
         raise SoundopsError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from pipeline_lib.atomic import atomic_path
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.modelio import ModelSpec, load_model, logits
+from pipeline_lib.threads import current as compute_threads
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class OnnxScorer:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or compute_threads()
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -13,6 +13,8 @@ import io
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ RUNTIME_FILES = {
     "tflite": ("model_int8.tflite", "device_manifest.json"),
 }
 MIN_FRAME_S = 0.01  # one front-end step: smaller frames only cost a thread hop and a reply
+UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count when a header leaves the length open
+MAX_BACKOFF_S = 300.0  # the longest wait a client address is given after wrong tokens
+MAX_CLIENTS = 10_000  # client addresses the token throttle remembers (oldest forgotten first)
 
 
 class UnknownVersionError(SoundopsError):
@@ -142,6 +147,16 @@ class Models:
         self._refs: dict[str, tuple[float, int]] = {}
         self._loaded: dict[int, ServedModel] = {}
 
+    def cached(self, ref: str | None = None) -> tuple[str, ServedModel] | None:
+        """:meth:`get` when it needs no registry call (the alias was looked up within
+        ``alias_ttl_s``), else None: cheap enough for the event loop, so a busy thread
+        pool cannot delay /health or a stream's start."""
+        ref = (ref or self.service.alias).strip()
+        hit = self._refs.get(ref)
+        if hit is not None and time.monotonic() - hit[0] < self.service.alias_ttl_s:
+            return ref, self._loaded[hit[1]]
+        return None
+
     def get(self, ref: str | None = None) -> tuple[str, ServedModel]:
         """``(ref, model)`` for a version number or alias (default ``service.alias``).
 
@@ -185,16 +200,25 @@ class Models:
 
 
 class TooLongError(AudioError):
-    """An upload holds more audio than its endpoint takes."""
+    """An upload holds more audio than its endpoint takes (seconds, or samples x channels)."""
 
 
 def decode_upload(
-    data: bytes, name: str, rate: int, rates: tuple[float, float], max_s: float, key: str
+    data: bytes,
+    name: str,
+    rate: int,
+    rates: tuple[float, float],
+    max_s: float,
+    key: str,
+    max_samples: int,
 ) -> np.ndarray:
     """An uploaded file's audio, mono float32 at the model's ``rate``; any format and rate
     the ingest stage takes (rates within ``validate.source_rate_hz``), at most ``max_s``
-    long (``key`` names the param). Rate and length are read from the header first, so a
-    small compressed file cannot decode into gigabytes."""
+    long (``key`` names the param) and at most ``max_samples`` frames x channels
+    (``service.max_decoded_samples``). Rate, length and channels are read from the header
+    first, and libsndfile decodes no more frames than the header declares, so a small
+    compressed file (600 s of 8-channel silence is 0.5 MB of FLAC) cannot decode into
+    gigabytes."""
     if not data:
         raise AudioError(f"{name}: empty upload (no bytes).")
     lo, hi = rates
@@ -208,10 +232,20 @@ def decode_upload(
                 f"{name}: sample rate {head.samplerate} Hz is outside validate.source_rate_hz "
                 f"({lo:g}-{hi:g} Hz)."
             )
+        if head.frames >= UNKNOWN_FRAMES:
+            raise TooLongError(
+                f"{name}: the header does not state how long the audio is, so {key} cannot "
+                "be checked before decoding; re-encode the file with its length."
+            )
         if head.frames > max_s * head.samplerate:
             raise TooLongError(
                 f"{name}: {head.frames / head.samplerate:.1f} s of audio is longer than "
                 f"{key} = {max_s:g} s."
+            )
+        if head.frames * head.channels > max_samples:
+            raise TooLongError(
+                f"{name}: {head.frames:,} frames x {head.channels} channels is more than "
+                f"service.max_decoded_samples = {max_samples:,} samples."
             )
     dec = decode_audio(io.BytesIO(data), name)
     return resample(dec.samples, dec.rate, rate)
@@ -261,6 +295,42 @@ def verify_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
         "preset": model.verify.preset,
         "duration_s": round(seconds, 3),
     }
+
+
+class TokenThrottle:
+    """Wrong tokens per client address. After ``free`` wrong ones an address must wait
+    ``backoff_s``, doubled for each further wrong one (at most :data:`MAX_BACKOFF_S`), and
+    its tokens are not checked meanwhile, so a token cannot be guessed at request speed.
+    A right token clears the address. At most :data:`MAX_CLIENTS` addresses are kept, so
+    a flood of addresses costs bounded memory."""
+
+    def __init__(
+        self, free: int, backoff_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.free, self.backoff_s, self.clock = free, backoff_s, clock
+        self._lock = threading.Lock()
+        self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()  # failures, until
+
+    def wait_s(self, client: str) -> float:
+        """Seconds ``client`` must still wait before its next token is checked."""
+        with self._lock:
+            hit = self._clients.get(client)
+        return max(0.0, hit[1] - self.clock()) if hit else 0.0
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures = self._clients.pop(client, (0, 0.0))[0] + 1
+            until = 0.0
+            if failures >= self.free:
+                wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** min(failures - self.free, 32))
+                until = self.clock() + wait
+            self._clients[client] = (failures, until)
+            while len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._clients.pop(client, None)
 
 
 class FrameError(Exception):

@@ -15,10 +15,9 @@ import logging
 import pandas as pd
 
 from pipeline_lib.atomic import write_csv, write_json
-from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import Params, SplitName, SplitParams
-from pipeline_lib.validate import load_manifest
+from pipeline_lib.validate import load_manifest, require_gate
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +77,7 @@ def count_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_split(params: Params, layout: Layout) -> pd.DataFrame:
     """The split stage: write assignment.csv, counts.csv and the counts metrics."""
-    if not layout.gate.is_file():
-        raise SoundopsError(
-            f"{layout.gate.relative_to(layout.root)}: not found; the validate "
-            "gate has not passed for this manifest."
-        )
+    require_gate(layout)
     manifest, _ = load_manifest(layout)
     manifest = manifest.assign(split=assign(manifest, params.split))
     assignment = manifest[["id", "split", "label", "role", "group"]].sort_values("id")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib import threads
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import Params, load_params
 
@@ -43,4 +44,5 @@ def run_stage(name: str, root: Path) -> Any:
     """Load and validate params, then run one stage in the project at ``root``."""
     layout = Layout(root)
     params = load_params(layout.params)
+    threads.apply(threads.resolve(params.runtime.threads))
     return STAGES[name](params, layout)

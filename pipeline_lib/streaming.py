@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
 from pipeline_lib import detector, features
-from pipeline_lib.audio import resample
+from pipeline_lib.audio import audio_blocks
 from pipeline_lib.detector import DecisionRule, EventState
-from pipeline_lib.errors import AudioError, SoundopsError
+from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import FeatureParams
 from pipeline_lib.scorers import Scorer
 
@@ -213,38 +211,6 @@ class StreamingDetector:
             smoothed, times, self.rule.threshold, self.rule.refractory_s, self._state
         )
         return Scored(times, scores, smoothed, events)
-
-
-def audio_blocks(path: Path, rate: int, block_s: float = 30.0) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of a file of any length at ``rate``, resampled block by block
-    with enough context on each side that the joins are seamless."""
-    try:
-        handle = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(f"{path}: undecodable audio ({exc}).") from None
-    with handle as f:
-        if f.frames == 0:
-            raise AudioError(f"{path}: empty audio (no samples).")
-        orig = f.samplerate
-        block = max(1, int(block_s * orig))
-        ctx = 0 if orig == rate else max(64, orig // 100)  # 10 ms of context for the filter
-        pos = 0
-        while pos < f.frames:
-            lo = max(0, pos - ctx)
-            f.seek(lo)
-            data = f.read(min(f.frames, pos + block + ctx) - lo, dtype="float32", always_2d=True)
-            if not np.isfinite(data).all():
-                raise AudioError(f"{path}: audio holds NaN or infinite samples.")
-            mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-            mono = np.ascontiguousarray(mono, dtype=np.float32)
-            if orig == rate:
-                yield mono
-            else:
-                out = resample(mono, orig, rate)
-                a = round((pos - lo) * rate / orig)
-                b = round((min(f.frames, pos + block) - lo) * rate / orig)
-                yield out[a:b]
-            pos += block
 
 
 @dataclass

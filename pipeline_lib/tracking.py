@@ -13,10 +13,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pandas as pd
 import yaml
@@ -52,6 +54,26 @@ def tracking_uri(root: Path, params: Params) -> str:
     if params.release.tracking_uri:
         return params.release.tracking_uri
     return f"sqlite:///{(root / STATE_DIR / 'mlflow.db').resolve()}"
+
+
+_SECRET_QUERY = re.compile(r"(?i)(token|password|passwd|secret|key|auth|sig|signature)")
+
+
+def redact_uri(uri: str) -> str:
+    """A tracking URI fit to log or print: the password of ``user:pass@`` and the values of
+    secret-looking query keys become ``***``."""
+    parts = urlsplit(uri)
+    if not parts.netloc and not parts.query:
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else f"***@{host}"
+    query = "&".join(
+        f"{k}=***" if _SECRET_QUERY.search(k) else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def configure(root: Path, params: Params) -> str:
@@ -139,6 +161,8 @@ def flatten_params(obj: Any, prefix: str) -> dict[str, str]:
         for key, value in obj.items():
             out |= flatten_params(value, f"{prefix}.{key}" if prefix else str(key))
         return out
+    if prefix.endswith("tracking_uri") and isinstance(obj, str):
+        return {prefix: redact_uri(obj)}  # credentials never become an MLflow param
     return {prefix: json.dumps(obj) if isinstance(obj, list | dict) else str(obj)}
 
 

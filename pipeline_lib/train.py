@@ -129,13 +129,17 @@ class Trainer:
         if self.tp.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        try:
+        try:  # a size that cannot build (a stride longer than the window, say) fails here
             self.model = build(
                 params.model.arch, len(self.classes), self.frames, self.bins, **params.model.options
             )
-        except TypeError as exc:
-            raise SoundopsError(f"model.options: {exc}.") from None
-        self.n_params, self.macs = count_params_macs(self.model, self.frames, self.bins)
+            self.n_params, self.macs = count_params_macs(self.model, self.frames, self.bins)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SoundopsError(
+                f"model.options: {params.model.arch} cannot be built with "
+                f"{dict(params.model.options)} ({first.rstrip('.')})."
+            ) from None
         self.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -244,6 +245,30 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def require_gate(layout: Layout) -> None:
+    """Refuse to go on unless the gate passed for the manifest and quarantine list on disk
+    now: a stage run by hand after a new ingest must not trust an older verdict."""
+    gate = layout.gate.relative_to(layout.root)
+    if not layout.gate.is_file():
+        raise GateError(f"{gate}: not found; the validate gate has not passed for this manifest.")
+    try:
+        doc = json.loads(layout.gate.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise GateError(f"{gate}: unreadable; run `soundops stage validate` again.") from None
+    now = {"manifest_sha256": _sha256(layout.manifest)}
+    if layout.quarantine.is_file():
+        now["quarantine_sha256"] = _sha256(layout.quarantine)
+    if (
+        not isinstance(doc, dict)
+        or doc.get("passed") is not True
+        or any(doc.get(k) != v for k, v in now.items())
+    ):
+        raise GateError(
+            f"{gate}: the gate passed for another ingest; run `soundops stage validate` "
+            "(or `dvc repro`) on the current manifest first."
+        )
+
+
 def render_report(results: list[CheckResult], labels: pd.DataFrame) -> str:
     """A self-contained HTML page: every check with its verdict, and the per-label table."""
 
@@ -315,7 +340,10 @@ def run_validate(params: Params, layout: Layout) -> list[CheckResult]:
         named = "; ".join(f"{r.check} ({r.description}: {r.observed})" for r in failed)
         report = (layout.validate / "report.html").relative_to(layout.root)
         raise GateError(f"validate: blocking check(s) failed: {named}. See {report}.")
-    write_json(layout.gate, {"manifest_sha256": _sha256(layout.manifest), "passed": True})
+    gate: dict[str, object] = {"manifest_sha256": _sha256(layout.manifest), "passed": True}
+    if layout.quarantine.is_file():
+        gate["quarantine_sha256"] = _sha256(layout.quarantine)
+    write_json(layout.gate, gate)
     log.info(
         "validate: %d check(s) passed, %d warning(s)",
         sum(r.success for r in results),

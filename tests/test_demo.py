@@ -158,11 +158,28 @@ def test_piper_voice_is_a_function_of_its_generator() -> None:
     assert slow.size > first.size * 1.2  # the length scale is tempo
 
 
+def test_kokoro_speakers_are_fixed_mixes_and_pure_functions() -> None:
+    from pipeline_lib.demo import kokoro_voice
+
+    ipa = "h\u0259l\u02c8o\u028a \u00f0\u02c8\u025b\u0279"  # "hello there", espeak IPA
+    first = kokoro_voice.speak(ipa, 3, 1.0, 22050)
+    kokoro_voice.speak("s\u02c8\u028cm\u03b8\u026a\u014b", 9, 1.1, 22050)
+    assert kokoro_voice.speak(ipa, 3, 1.0, 22050).tobytes() == first.tobytes()
+    assert kokoro_voice.speak(ipa, 4, 1.0, 22050).tobytes() != first.tobytes()  # a speaker
+    assert kokoro_voice.speak(ipa, 3, 1.25, 22050).size < first.size * 0.9  # speed is tempo
+    assert first.size > 0.3 * 22050 and np.abs(first).max() == pytest.approx(1.0, abs=0.02)
+    style = kokoro_voice.speaker_style(3)
+    assert style.shape[1] == 256 and np.array_equal(style, kokoro_voice.speaker_style(3))
+    # diphthongs and affricates become Kokoro's single symbols, not two tokens
+    assert len(kokoro_voice.tokens("d\u0292e\u026a")) == 2
+
+
 def test_corpus_mixes_engines_accents_and_microphones(
     tmp_path: Path, raw_params: dict[str, Any]
 ) -> None:
     raw = real_voice(tiny_demo(raw_params, per_label=12))
-    raw["demo"]["piper"]["clip_share"] = 0.5
+    raw["demo"]["piper"]["clip_share"] = 0.4
+    raw["demo"]["kokoro"]["clip_share"] = 0.4
     raw["demo"]["accent_share"] = 0.5
     layout = Layout(tmp_path)
     generate_demo(parse_params(raw), layout)
@@ -170,7 +187,9 @@ def test_corpus_mixes_engines_accents_and_microphones(
     spoken = m[(m["role"] == "clip") & (m["label"] != "noise")]
     groups = set(spoken["group"])
     assert any(g.startswith("piper-") for g in groups)
-    accents = {g.split("+")[0] for g in groups if not g.startswith("piper-")}
+    assert any(g.startswith("kokoro-") for g in groups)
+    neural = ("piper-", "kokoro-")
+    accents = {g.split("+")[0] for g in groups if not g.startswith(neural)}
     assert accents & set(raw["demo"]["accent_voices"]) and accents & set(raw["demo"]["voices"])
     # a voice is no cue for the label: piper speaks targets and negatives alike
     by_label = spoken.assign(piper=spoken["group"].str.startswith("piper-"))

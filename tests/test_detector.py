@@ -47,3 +47,17 @@ def test_state_carries_across_pieces() -> None:
     for a, b in zip(np.r_[0, edges], np.r_[edges, s.size], strict=True):
         pieces += detector.events_from(s[a:b], t[a:b], 0.6, 2.0, state)
     assert pieces == whole and len(whole) > 10
+
+
+def test_an_upper_bound_calibration_leaves_margin_for_unseen_audio() -> None:
+    # one hour of scores with three bursts at 0.6, 0.7 and 0.8
+    times = np.arange(36000) * 0.1
+    scores = np.full(times.size, 0.05)
+    for start, peak in ((1000, 0.6), (12000, 0.7), (24000, 0.8)):
+        scores[start : start + 5] = peak
+    loose = detector.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0)
+    tight = detector.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0, confidence=0.5)
+    assert 0.7 <= loose < 0.8  # one false alarm in one hour meets a 1.0 target ...
+    assert tight >= 0.8  # ... but its median upper bound (1.68/h) does not: none may fire
+    assert abs(detector.fah_bound(0, 1.0, 0.5) - np.log(2)) < 1e-9
+    assert detector.fah_bound(3, 2.0, 0.0) == 1.5

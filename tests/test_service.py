@@ -292,9 +292,10 @@ def test_bad_uploads_get_one_sentence_each(served: Served) -> None:
         assert c.get("/health").json()["status"] == "ok"
 
 
-def test_token_guards_the_api_but_not_health(served: Served) -> None:
+def test_token_guards_the_api_and_the_model_on_health(served: Served) -> None:
     with served.client(token="s3cret") as c:
-        assert c.get("/health").status_code == 200
+        assert c.get("/health").json() == {"status": "ok"}  # liveness only
+        assert c.get("/health?token=s3cret").json()["model"]["version"] == served.version
         assert c.get("/v1/model").status_code == 401
         assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/model?token=s3cret").status_code == 200
@@ -302,6 +303,25 @@ def test_token_guards_the_api_but_not_health(served: Served) -> None:
         assert code == 4401 and "token" in msg
         with c.websocket_connect("/v1/stream?token=s3cret") as ws:
             assert ws.receive_json()["type"] == "ready"
+
+
+def test_token_throttle_doubles_the_wait_and_forgets_a_right_token() -> None:
+    from pipeline_lib.serving import MAX_BACKOFF_S, TokenThrottle
+
+    now = [100.0]
+    throttle = TokenThrottle(free=2, backoff_s=1.0, clock=lambda: now[0])
+    throttle.failed("a")
+    assert throttle.wait_s("a") == 0  # one free wrong try left
+    throttle.failed("a")
+    assert throttle.wait_s("a") == 1.0 and throttle.wait_s("b") == 0  # per address
+    now[0] += 1.0
+    throttle.failed("a")
+    assert throttle.wait_s("a") == 2.0
+    for _ in range(40):
+        throttle.failed("a")
+    assert throttle.wait_s("a") == MAX_BACKOFF_S
+    throttle.succeeded("a")
+    assert throttle.wait_s("a") == 0
 
 
 def test_tflite_runtime_serves_the_same_events(served: Served, client: TestClient) -> None:

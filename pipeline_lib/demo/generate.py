@@ -26,8 +26,8 @@ import soundfile as sf
 
 from pipeline_lib import tts
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.demo import kokoro_voice, perturb, phrases, piper_voice
 from pipeline_lib.demo import noise as nz
-from pipeline_lib.demo import perturb, phrases, piper_voice
 from pipeline_lib.demo.piper_voice import PiperSpeaker
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
@@ -89,7 +89,9 @@ class Voices:
     def close(self) -> None:
         self.espeak.close()
 
-    def pick(self, rng: np.random.Generator, piper_share: float) -> tuple[str, Fraction]:
+    def pick(
+        self, rng: np.random.Generator, piper_share: float, kokoro_share: float = 0.0
+    ) -> tuple[str, Fraction]:
         """A speaker: its group (the unit the split keeps in one split; for espeak-ng the
         voice+variant to speak with) and its vocal-tract factor.
 
@@ -106,6 +108,9 @@ class Voices:
         if piper_share > 0 and rng.random() < piper_share:
             # one speaker made many: each band of vocal-tract factors is its own group
             return f"{PIPER}{piper_voice.VOICE}-vtl{round(float(factor) * 20)}", factor
+        if kokoro_share > 0 and rng.random() < kokoro_share:
+            who = int(rng.integers(kokoro_voice.SPEAKERS))
+            return f"{KOKORO}{who:02d}-vtl{round(float(factor) * 20)}", factor
         accent = (
             demo.accent_share > 0 and bool(demo.accent_voices) and rng.random() < demo.accent_share
         )
@@ -124,6 +129,13 @@ class Voices:
                 noise_w_scale=float(rng.uniform(p.noise_w_scale.min, p.noise_w_scale.max)),
             )
             speech = self.piper().speak(text, how, rng)
+        elif group.startswith(KOKORO):
+            who = int(group[len(KOKORO) :].split("-", 1)[0])
+            speed = float(rng.uniform(demo.kokoro.speed.min, demo.kokoro.speed.max))
+            parts = [
+                kokoro_voice.speak(ipa, who, speed, tts.RATE) for ipa in self.piper().phonemes(text)
+            ]
+            speech = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         else:
             wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
             pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
@@ -133,6 +145,7 @@ class Voices:
 
 
 PIPER = "piper-"
+KOKORO = "kokoro-"
 
 
 def _mic(rng: np.random.Generator, demo: DemoParams, x: np.ndarray) -> np.ndarray:
@@ -195,7 +208,7 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
         clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
         row |= {"group": f"noise-{index:05d}", "text": kind, "voice": ""}
     else:
-        speaker = voices.pick(rng, job.demo.piper.clip_share)
+        speaker = voices.pick(rng, job.demo.piper.clip_share, job.demo.kokoro.clip_share)
         voice = speaker[0]
         text = _text_for(rng, job.kind, job.texts)
         speech = voices.say(rng, text, speaker)
@@ -230,7 +243,8 @@ def make_stream(job: StreamJob) -> dict[str, object]:
         if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
             kind = "speech" if u < bg.speech_share else "confusable"
             text = _text_for(rng, kind, job.texts)
-            event = voices.say(rng, text, voices.pick(rng, demo.piper.stream_share))
+            speaker = voices.pick(rng, demo.piper.stream_share, demo.kokoro.stream_share)
+            event = voices.say(rng, text, speaker)
             event = _mic(rng, demo, event)
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:

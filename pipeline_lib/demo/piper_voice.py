@@ -96,6 +96,10 @@ class PiperSpeaker:
     def __init__(self) -> None:
         self._voice = _voice()
 
+    def phonemes(self, text: str) -> list[str]:
+        """espeak-ng IPA of each sentence, with stress marks, as piper phonemises it."""
+        return ["".join(p) for p in self._voice.phonemize(text) if p]
+
     def speak(self, text: str, how: Rendition, rng: np.random.Generator) -> np.ndarray:
         """Float32 mono samples at :data:`RATE`, peak-normalised as piper does."""
         voice = self._voice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.params import Role, SourceBase
+
+log = logging.getLogger(__name__)
 
 GroupFn = Callable[[str, Path], str]
 RefineFn = Callable[["SourceItem"], "SourceItem"]
@@ -62,14 +65,37 @@ def require_dir(root: Path, source: SourceBase) -> None:
         raise SoundopsError(f"source '{source.name}': root folder {root} does not exist.")
 
 
-def audio_files(folder: Path, extensions: list[str]) -> list[Path]:
-    """Audio files below ``folder``, sorted for deterministic order; hidden files skipped."""
+def scan_audio(
+    folder: Path, extensions: list[str], root: Path | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Audio files below ``folder`` in sorted order (hidden names skipped), and the entries
+    with an audio extension that are refused, each with its reason: a link that leads
+    outside ``root`` (default: ``folder``), a dangling link, or a folder so named. Links
+    are resolved so a source can never read a file its root does not hold."""
     exts = {e.lower() for e in extensions}
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
-    )
+    inside = (root or folder).resolve()
+    files: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in exts or p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            refused.append((p, "dangling link"))
+        elif not p.resolve().is_relative_to(inside):
+            refused.append((p, "link leads outside the source root"))
+        elif not p.is_file():
+            refused.append((p, "a folder, not an audio file"))
+        else:
+            files.append(p)
+    return files, refused
+
+
+def audio_files(folder: Path, extensions: list[str]) -> list[Path]:
+    """The readable audio files of :func:`scan_audio`; refused entries are logged."""
+    files, refused = scan_audio(folder, extensions)
+    for path, reason in refused:
+        log.warning("%s: skipped (%s)", path, reason)
+    return files
 
 
 def group_from_regex(pattern: re.Pattern[str] | None, rel: str) -> str:
@@ -93,10 +119,17 @@ def class_folders(
     ``refine``, when given, changes an item (a corpus's pinned split or its stream folder)."""
     require_dir(root, source)
     out = Listing()
+    inside = root.resolve()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         native = folder.name
+        if not folder.resolve().is_relative_to(inside):
+            out.rejects.append(Reject(source.name, native, "link leads outside the source root"))
+            continue
         label = project_label(source, native, labels)
-        files = audio_files(folder, extensions)
+        files, refused = scan_audio(folder, extensions, root)
+        out.rejects.extend(
+            Reject(source.name, p.relative_to(root).as_posix(), why) for p, why in refused
+        )
         if label is None:
             out.unmapped[native] = out.unmapped.get(native, 0) + len(files)
             continue
