@@ -20,6 +20,10 @@ that interval, and the model's size; for "alexa", microWakeWord's INT8 model (fr
 audio in the same run. It also writes ``real_voices.json`` and a DET plot
 ``real_voices.png`` into the work folder.
 
+When the copy trained the speech-embedding verifier (``verifier.enabled``, on in the
+real-voice recipe), it also scores the verifier alone and the cascade a user gets with a
+server: the device model wakes, the verifier confirms from the clip around the wake.
+
     python benchmarks/real_voices.py [--phrase alexa] [--recipe real_voice]
         [--set train.epochs=20 ...]
         [--keep DIR] [--project DIR]    # --project: score an already built copy
@@ -51,6 +55,7 @@ FAH_TARGETS = (0.1, 0.5, 1.0, 2.0)
 HELD_OUT_VOICES = ("cs", "hu", "fi", "ro", "nb", "ru", "hi", "el")
 HELD_OUT_VARIANTS = ("m1", "m3", "f2", "f4", "klatt4", "Mr serious", "steph", "robosoft")
 PEERS = {"alexa": "alexa"}  # phrase -> pymicro-wakeword built-in model
+CASCADE_S = 0.5  # a verifier window may end this far before or after the device's wake
 
 log = logging.getLogger("real_voices")
 
@@ -269,7 +274,10 @@ def _tts_streams(out: Path, total_min: float, seed: int, minutes: float) -> floa
 # ---------------------------------------------------------------- scoring
 
 
-def ours(root: Path, pos: Positives, streams: list[Path], preset: str) -> dict[str, Any]:
+def ours(
+    root: Path, pos: Positives, streams: list[Path], preset: str
+) -> tuple[dict[str, Any], list[Any], Any]:
+    """The shipped INT8 model's figures, and its scored negatives and positives."""
     from pipeline_lib import evaluate
     from pipeline_lib.scorers import OnnxScorer
     from pipeline_lib.streaming import Calibration, Scored, StreamingDetector, score_file
@@ -301,7 +309,7 @@ def ours(root: Path, pos: Positives, streams: list[Path], preset: str) -> dict[s
     }
     out["tflite_bytes"] = (root / "data" / "export" / "model_int8.tflite").stat().st_size
     out["arena_bytes"] = int(manifest["tensor_arena_bytes"])
-    return out
+    return out, recs, scored
 
 
 def _target(root: Path, preset: str) -> float:
@@ -352,6 +360,155 @@ def peer(name: str, pos: Positives, streams: list[Path], refractory_s: float) ->
     return out
 
 
+def verifier_alone(
+    root: Path, pos: Positives, streams: list[Path], refractory_s: float
+) -> tuple[dict[str, Any], list[Any], Any] | None:
+    """The speech-embedding verifier streamed over the same audio on its own (it runs on
+    a server, not a device), or None when the copy trained none."""
+    from pipeline_lib import evaluate, verifier, verifier_model
+    from pipeline_lib.speech_embedding import embedder
+    from pipeline_lib.streaming import Scored
+
+    path = root / "data" / "verifier" / "verifier.npz"
+    if not path.is_file():
+        return None
+    head = verifier_model.Head.load(path)
+    recs = []
+    for p in streams:
+        t, s, d = verifier.stream_scores(head, p)
+        recs.append(evaluate.Recording(p.name, p.stem, p, d, Scored(t, s, s, [])))
+    s = head.scores(verifier_model.windows_of(embedder().embed(pos.audio)))
+    scored = Scored(verifier_model.window_end_s(np.arange(s.size)), s, s, [])
+    window_s = float(verifier_model.window_end_s(0))
+    out = figures(recs, scored, pos.spans, head.threshold, refractory_s, window_s)
+    out["model"] = "verifier alone (speech embedding + head, server)"
+    out["preset"] = {"name": "verifier.target_fah", "target_fah": None}
+    out["tflite_bytes"] = path.stat().st_size
+    out["arena_bytes"] = 0
+    return out, recs, scored
+
+
+def _best_near(times: np.ndarray, scores: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each device event time, the verifier's best window ending within CASCADE_S of it
+    (the clip a device sends: from 2.5 s before its wake to 0.5 s after)."""
+    if at.size == 0 or times.size == 0:
+        return np.zeros(at.size)
+    lo = np.searchsorted(times, at - CASCADE_S)
+    hi = np.searchsorted(times, at + CASCADE_S, side="right")
+    return np.array([scores[a:b].max() if b > a else 0.0 for a, b in zip(lo, hi, strict=True)])
+
+
+def cascade(
+    dev: tuple[list[Any], Any],
+    ver: tuple[list[Any], Any],
+    spans: list[tuple[float, float]],
+    refractory_s: float,
+    window_s: float,
+    device_threshold: float,
+    verifier_threshold: float,
+) -> dict[str, Any]:
+    """Device wakes, server verifies: an alarm is a device event whose clip the verifier
+    accepts. FRR at each FAH is the best over device and verifier thresholds swept on this
+    audio (a DET envelope, as for the single models); the operating point is the device at
+    its calibrated ``lenient`` preset and the verifier at its own calibrated threshold."""
+    from pipeline_lib import detector
+
+    dev_recs, dev_pos = dev
+    ver_recs, ver_pos = ver
+    hours = sum(r.duration_s for r in dev_recs) / 3600
+    tol = 0.5
+    pooled = np.concatenate([r.scored.smoothed for r in dev_recs])
+    grid = np.unique(
+        np.concatenate(
+            [
+                np.quantile(pooled, np.linspace(0.9, 1, 30)),
+                np.linspace(0.01, 0.99, 30),
+                [device_threshold],
+            ]
+        )
+    )
+    v_grid = np.unique(np.concatenate([np.linspace(0, 1, 201), [verifier_threshold]]))
+    on = np.array([a for a, _ in spans])
+    off = np.array([b for _, b in spans])
+    points = []  # (device thr, verifier thr, fah, frr)
+    for d in grid:
+        neg_v = np.concatenate(
+            [
+                _best_near(
+                    vr.scored.times,
+                    vr.scored.smoothed,
+                    np.array(
+                        [
+                            t
+                            for t, _ in detector.detect(
+                                dr.scored.smoothed, dr.scored.times, d, refractory_s
+                            )
+                        ]
+                    ),
+                )
+                for dr, vr in zip(dev_recs, ver_recs, strict=True)
+            ]
+        )
+        ev = np.array(
+            [t for t, _ in detector.detect(dev_pos.smoothed, dev_pos.times, d, refractory_s)]
+        )
+        pos_v = _best_near(ver_pos.times, ver_pos.smoothed, ev)
+        span_best = np.zeros(len(spans))
+        for t, v in zip(ev, pos_v, strict=True):
+            inside = np.flatnonzero((t >= on - tol) & (t <= off + window_s + tol))
+            if inside.size:
+                span_best[inside[0]] = max(span_best[inside[0]], v)
+            # an event between positives is a false alarm of the positive stream: ignored,
+            # as for the single models (their events there are "stray")
+        neg_sorted = np.sort(neg_v)
+        for v in v_grid:
+            fa = neg_sorted.size - np.searchsorted(neg_sorted, v, side="left")
+            frr = 1.0 - float(np.mean(span_best >= max(v, 1e-9)))
+            points.append((float(d), float(v), fa / hours, frr))
+    pts = np.array(points)
+    frr_at = {}
+    for f in FAH_TARGETS:
+        ok = pts[pts[:, 2] <= f]
+        i = int(np.argmin(ok[:, 3]))
+        frr_at[str(f)] = {
+            "frr": float(ok[i, 3]),
+            "device_threshold": float(ok[i, 0]),
+            "verifier_threshold": float(ok[i, 1]),
+            "fah": float(ok[i, 2]),
+        }
+    op = pts[(pts[:, 0] == device_threshold) & (pts[:, 1] == verifier_threshold)][0]
+    n_fa = round(op[2] * hours)
+    from pipeline_lib import metrics
+
+    k = round((1 - op[3]) * len(spans))
+    lo, hi = metrics.wilson(k, len(spans))
+    order = np.argsort(pts[:, 2])
+    env_f, env_r = [], []
+    best = 1.0
+    for f, r in zip(pts[order, 2], pts[order, 3], strict=True):
+        if r < best:
+            best = r
+            env_f.append(float(f))
+            env_r.append(float(r))
+    return {
+        "model": "cascade: soundops INT8 on the device, verifier on the server",
+        "frr_at_fah": frr_at,
+        "operating_point": {
+            "threshold": float(op[1]),
+            "device_threshold": float(op[0]),
+            "recall": 1 - float(op[3]),
+            "recall_lo": lo,
+            "recall_hi": hi,
+            **metrics.fah(n_fa, hours),
+        },
+        "preset": {"name": "device lenient + verifier", "target_fah": None},
+        "hours": hours,
+        "curve": {"fah": env_f, "frr": env_r},
+        "tflite_bytes": 0,
+        "arena_bytes": 0,
+    }
+
+
 def figures(
     recs: list[Any],
     pos: Any,
@@ -372,7 +529,7 @@ def figures(
         detector.detect(pos.smoothed, pos.times, threshold, refractory_s), spans, window_s, tol
     )
     k = int(ev.hits.sum())
-    lo, hi = evaluate._wilson(k, len(spans))
+    lo, hi = metrics.wilson(k, len(spans))
     return {
         "frr_at_fah": {str(f): evaluate.frr_at_fah(curve, f) for f in FAH_TARGETS},
         "operating_point": {
@@ -438,6 +595,8 @@ def main() -> None:
         check_training_is_clean(raw, real)
         start = time.perf_counter()
         run(root, "dvc", "repro", "export")
+        if raw.get("verifier", {}).get("enabled"):
+            run(root, "dvc", "repro", "verifier")
         train_s = time.perf_counter() - start
     raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     check_training_is_clean(raw, real)
@@ -452,8 +611,35 @@ def main() -> None:
     streams = sorted(neg_dir.glob("*.flac"))
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results = [ours(root, pos, streams, args.preset)]
+    mine, dev_recs, dev_pos = ours(root, pos, streams, args.preset)
+    results = [mine]
     refractory = float(raw["calibrate"]["refractory_s"])
+    ver = verifier_alone(root, pos, streams, refractory)
+    if ver is not None:
+        from pipeline_lib.streaming import Calibration
+
+        lenient = Calibration.load(root / "data" / "calibration" / "calibration.json", "lenient")
+        head_thr = ver[0]["operating_point"]["threshold"]
+        window_s = (
+            float(
+                json.loads((root / "data" / "export" / "device_manifest.json").read_text())["spec"][
+                    "frames"
+                ]
+            )
+            * 0.01
+        )
+        results.append(
+            cascade(
+                (dev_recs, dev_pos),
+                (ver[1], ver[2]),
+                pos.spans,
+                refractory,
+                window_s,
+                lenient.rule.threshold,
+                head_thr,
+            )
+        )
+        results.append(ver[0])
     if args.phrase.lower() in PEERS:
         results.append(peer(PEERS[args.phrase.lower()], pos, streams, refractory))
     score_s = time.perf_counter() - t0
@@ -522,8 +708,8 @@ def report(
                 f"{op['threshold']:.3f}",
                 f"{op['recall']:.3f} ({op['recall_lo']:.3f}-{op['recall_hi']:.3f})",
                 f"{op['fah']:.2f} ({op['fah_lo']:.2f}-{op['fah_hi']:.2f})",
-                f"{r['tflite_bytes']:,}",
-                f"{r['arena_bytes']:,}",
+                f"{r['tflite_bytes']:,}" if r["arena_bytes"] else "(server)",
+                f"{r['arena_bytes']:,}" if r["arena_bytes"] else "-",
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]

@@ -282,7 +282,7 @@ def _extra_clips(
     if pos.any() and (~pos).any():
         out["roc_auc"] = round(metrics.roc_auc(metrics.roc_curve(s, pos)), 5)
     out["recall"] = round(float(f[pos].mean()), 5) if pos.any() else float("nan")
-    lo, hi = _wilson(int(f[pos].sum()), int(pos.sum()))
+    lo, hi = metrics.wilson(int(f[pos].sum()), int(pos.sum()))
     out |= {"recall_lo": round(lo, 5), "recall_hi": round(hi, 5)}
     out["false_accept_rate"] = round(float(f[~pos].mean()), 5) if (~pos).any() else float("nan")
     return out
@@ -400,7 +400,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
         if match.hits.any()
         else float("nan"),
     }
-    lo, hi = _wilson(int(match.hits.sum()), len(spans))
+    lo, hi = metrics.wilson(int(match.hits.sum()), len(spans))
     op |= {"recall_lo": round(lo, 5), "recall_hi": round(hi, 5)}
     by_source = {
         src: _fah_block([r for r in background if r.source == src])
@@ -454,17 +454,6 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
         clips["roc_auc"],
     )
     return result
-
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a proportion (recall over a few dozen positives is coarse)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return float(max(0.0, c - h)), float(min(1.0, c + h))
 
 
 def _preroll(background: list[Recording], rate: int, seconds: float) -> np.ndarray:

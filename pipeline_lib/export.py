@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from pipeline_lib.streaming import Calibration, score_file
 from pipeline_lib.tflm import TflmScorer, measure_arena
 
 log = logging.getLogger(__name__)
+
+VERIFIER_FILES = ("verifier.npz", "verifier.json")  # from the verifier stage, when it ran
 
 FP32, ORT, TFLM = "fp32", "onnx_int8", "tflm_int8"
 
@@ -327,6 +330,9 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         (out / "report.html").write_text(
             _report(spec, parity, rows, sizes, arena, bg, pos, cal), encoding="utf-8"
         )
+        for name in VERIFIER_FILES:  # the server-side second stage travels with its model
+            if (layout.data / "verifier" / name).is_file():
+                shutil.copyfile(layout.data / "verifier" / name, out / name)
         result: dict[str, Any] = {
             "sizes": sizes,
             "tensor_arena_bytes": arena,

@@ -150,3 +150,14 @@ def count_events(
         len(detector.detect(s, t, threshold, refractory_s))
         for s, t in zip(smoothed, times, strict=True)
     )
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion (recall over a few dozen positives is coarse)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(max(0.0, c - h)), float(min(1.0, c + h))

@@ -476,6 +476,20 @@ class ExportGates(_Strict):
     max_tflm_onnx_mean_steps: Annotated[float, Field(ge=0)]
 
 
+class VerifierParams(_Strict):
+    """The server-side verifier: a head on speech embeddings behind ``/v1/verify``."""
+
+    enabled: bool
+    target_fah: Annotated[float, Field(gt=0, le=1000)]  # of the verifier alone, on val
+    train_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]  # background it trains on
+    val_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
+    test_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
+    epochs: Annotated[int, Field(ge=1, le=1000)]
+    batch_size: Annotated[int, Field(ge=1, le=8192)]
+    lr: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: Annotated[float, Field(ge=0, le=1)]
+
+
 class ExportParams(_Strict):
     """INT8 artifacts for microcontrollers and the checks that they behave as FP32 does."""
 
@@ -604,6 +618,7 @@ class Params(_Strict):
     evaluate: EvaluateParams
     mine: MineParams
     export: ExportParams
+    verifier: VerifierParams
     release: ReleaseParams
     service: ServiceParams
 

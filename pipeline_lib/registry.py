@@ -40,6 +40,8 @@ EXPORT_FILES = (
     "model_card.md",
     "report.html",
 )
+# files a version carries when its build made them: the server-side verifier
+OPTIONAL_FILES = ("verifier.npz", "verifier.json")
 BUNDLE_FILES = (
     "model_int8.tflite",
     "model_int8.onnx",
@@ -72,7 +74,11 @@ def check_channel(channel: str) -> str:
 def file_digests(export: Path) -> dict[str, str]:
     """Version tags holding each export file's sha256: what downloads and bundles are
     checked against, so a changed byte in a cache or an artifact store is caught."""
-    return {f"{DIGEST_TAG}{f}": sha256(export / f) for f in EXPORT_FILES}
+    return {f"{DIGEST_TAG}{f}": sha256(export / f) for f in _present(export)}
+
+
+def _present(export: Path) -> tuple[str, ...]:
+    return EXPORT_FILES + tuple(f for f in OPTIONAL_FILES if (export / f).is_file())
 
 
 def _client() -> Any:
@@ -244,7 +250,7 @@ def register(
             name="model",
             pip_requirements=["onnxruntime", "numpy"],
         )
-        for file in EXPORT_FILES:
+        for file in _present(export):
             mlflow.log_artifact(str(export / file), "export")
         mlflow.log_dict(dv, "data_version.json")
         mlflow.log_metrics({f"release.{k}": v for k, v in figs.items()})

@@ -105,6 +105,16 @@ AUDIO_BODY: dict[str, Any] = {
 }
 
 
+class VerifierInfo(BaseModel):
+    kind: Literal["speech-embedding"]
+    threshold: float
+
+
+class VerifierScore(BaseModel):
+    score: float
+    threshold: float
+
+
 class ModelInfo(BaseModel):
     name: str
     version: int
@@ -121,6 +131,7 @@ class ModelInfo(BaseModel):
     verify_threshold: float
     possible_level: float
     classes: list[str]
+    verifier: VerifierInfo | None = None  # the speech-embedding second stage, when built
 
 
 class Event(BaseModel):
@@ -148,6 +159,7 @@ class VerifyResponse(BaseModel):
     threshold: float
     preset: str
     duration_s: float
+    verifier: VerifierScore | None = None  # when present, its decision is the label
 
 
 class Health(BaseModel):

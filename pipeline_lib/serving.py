@@ -29,7 +29,9 @@ from pipeline_lib.errors import AudioError, SoundopsError
 from pipeline_lib.modelio import ModelSpec
 from pipeline_lib.params import Params, ServiceParams
 from pipeline_lib.scorers import OnnxScorer, Scorer, load_scorer
+from pipeline_lib.speech_embedding import RATE as EMBED_RATE
 from pipeline_lib.streaming import Calibration, Scored, StreamingDetector
+from pipeline_lib.verifier_model import VERIFIER_FILE, Head, clip_score
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class ServedModel:
     detect: Calibration
     verify: Calibration
     possible_level: float
+    verifier: Head | None = None  # the speech-embedding second stage, when the build made one
 
     @property
     def spec(self) -> ModelSpec:
@@ -96,6 +99,9 @@ class ServedModel:
             "refractory_s": rule.refractory_s,
             "verify_preset": self.verify.preset,
             "verify_threshold": self.verify.rule.threshold,
+            "verifier": None
+            if self.verifier is None
+            else {"kind": "speech-embedding", "threshold": round(self.verifier.threshold, 4)},
             "possible_level": round(self.possible_level, 4),
             "classes": list(self.spec.classes),
         }
@@ -126,6 +132,7 @@ def load_version(folder: Path, name: str, version: int, service: ServiceParams) 
             "export it with the soundops export stage."
         )
     detect = Calibration.from_dict(raw)
+    head = Head.load(folder / VERIFIER_FILE) if (folder / VERIFIER_FILE).is_file() else None
     return ServedModel(
         name=name,
         version=version,
@@ -134,6 +141,7 @@ def load_version(folder: Path, name: str, version: int, service: ServiceParams) 
         detect=detect,
         verify=Calibration.from_dict(raw, service.verify_preset),
         possible_level=service.possible_ratio * detect.rule.threshold,
+        verifier=head,
     )
 
 
@@ -188,9 +196,10 @@ class Models:
 
     def _load(self, version: registry.Version) -> ServedModel:
         try:
-            folder = registry.download(
-                self.params, version, self.root, RUNTIME_FILES[self.service.runtime]
-            )
+            need = RUNTIME_FILES[self.service.runtime]
+            if f"{registry.DIGEST_TAG}{VERIFIER_FILE}" in version.tags:  # built with one
+                need += (VERIFIER_FILE,)
+            folder = registry.download(self.params, version, self.root, need)
         except (OSError, SoundopsError) as exc:
             raise SoundopsError(
                 f"model '{version.name}' version {version.version} could not be fetched ({exc})."
@@ -286,20 +295,36 @@ def detect_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
 
 
 def verify_clip(model: ServedModel, samples: np.ndarray) -> dict[str, Any]:
-    """The second-stage check: the clip's highest smoothed score under the verify preset
+    """The second-stage check. With the version's speech-embedding verifier, its best
+    window against its calibrated threshold decides (it hears real voices the device model
+    misses); without one, the clip's highest smoothed score under the verify preset
     against that preset's threshold (the device woke at its own, laxer one). The clip's
     length was bounded when it was decoded (:func:`decode_upload`)."""
     seconds = samples.size / model.spec.rate
     scored = run_clip(model, samples, model.verify)
     score = float(scored.smoothed.max()) if scored.smoothed.size else 0.0
     threshold = model.verify.rule.threshold
-    return {
+    out: dict[str, Any] = {
         "label": "target" if score >= threshold else "other",
         "score": round(score, 4),
         "threshold": threshold,
         "preset": model.verify.preset,
         "duration_s": round(seconds, 3),
+        "verifier": None,
     }
+    if model.verifier is not None:
+        x = (
+            samples
+            if model.spec.rate == EMBED_RATE
+            else resample(samples, model.spec.rate, EMBED_RATE)
+        )
+        v = clip_score(model.verifier, x)
+        out["label"] = "target" if v >= model.verifier.threshold else "other"
+        out["verifier"] = {
+            "score": round(v, 4),
+            "threshold": round(model.verifier.threshold, 4),
+        }
+    return out
 
 
 class TokenThrottle:

@@ -24,6 +24,7 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipeline_lib.evaluate", "run_evaluate"),
     "mine": ("pipeline_lib.mine", "run_mine"),
     "export": ("pipeline_lib.export", "run_export"),
+    "verifier": ("pipeline_lib.verifier", "run_verifier"),
 }
 
 

@@ -90,6 +90,7 @@ ALL = (
     "calibrate",
     "evaluate",
     "mine",
+    "verifier",
     "export",
 )
 

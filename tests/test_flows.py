@@ -104,6 +104,7 @@ def test_two_builds_at_once_one_waits_out_and_one_registers(built: Built) -> Non
         "calibrate",
         "evaluate",
         "mine",
+        "verifier",
         "export",
     }
     train = runs[runs["tags.soundops.stage"] == "train"].iloc[0]
