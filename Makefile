@@ -27,7 +27,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the locked dependencies and soundops itself
 
-demo: setup  ## set up, then the build flow on the demo data (all stages, MLflow, registry, DVC push)
+demo: setup  ## set up, then the build flow on the default project (phrase from text) (all stages, MLflow, registry, DVC push)
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "run make demo inside the git clone" >&2; exit 1; }
 	$(BIN)/soundops params check
 	$(BIN)/soundops run build
@@ -61,4 +61,4 @@ lock:  ## re-resolve requirements.lock from pyproject.toml
 	  --python-platform x86_64-manylinux_2_28 --override overrides.txt -o requirements.lock
 
 clean:  ## remove the venv and pipeline outputs (the DVC cache and remote stay)
-	rm -rf $(VENV) data/demo data/ingest data/validate data/split
+	rm -rf $(VENV) data/generated data/ingest data/validate data/split

@@ -103,7 +103,7 @@ def set_params(root: Path, phrase: str, preset: str | None, overrides: list[str]
         if not file.is_file():
             sys.exit(f"{file}: no such preset.")
         _merge(raw, yaml.safe_load(file.read_text(encoding="utf-8")))
-    raw["demo"]["phrase"] = phrase
+    raw["generate"]["phrase"] = phrase
     for item in overrides:
         key, _, value = item.partition("=")
         node = raw
@@ -121,8 +121,8 @@ def check_training_is_clean(raw: dict[str, Any], real: Path) -> None:
         root = (REPO / str(src["root"])).resolve()
         if real.resolve() in (root, *root.parents) or root in real.resolve().parents:
             sys.exit(f"ingest source {src['name']!r} reads {real}: not a clean benchmark.")
-    demo = raw["demo"]
-    used = {v.split("+")[0] for v in [*demo["voices"], *demo["accent_voices"]]}
+    gen = raw["generate"]
+    used = {v.split("+")[0] for v in [*gen["voices"], *gen["accent_voices"]]}
     if used & set(HELD_OUT_VOICES):
         sys.exit(f"training uses held-out voice(s) {sorted(used & set(HELD_OUT_VOICES))}.")
 
@@ -239,7 +239,7 @@ def _tts_streams(out: Path, total_min: float, seed: int, minutes: float) -> floa
     pauses; never a word of any real phrase folder."""
     from pipeline_lib import tts
     from pipeline_lib.audio import resample
-    from pipeline_lib.demo import phrases
+    from pipeline_lib.generate import phrases
 
     banned = {"alexa", "jarvis", "smart", "mirror", "snowboy"}
     sentences = [s for s in phrases.sentences() if not banned & set(s.lower().split())]

@@ -346,9 +346,9 @@ def chirp_project() -> tuple[Path, Path]:
 
 
 def default_audio(root: Path) -> Path:
-    found = sorted((root / "data" / "demo" / "streams" / "test").glob("*.flac"))
+    found = sorted((root / "data" / "generated" / "streams" / "test").glob("*.flac"))
     if not found:
-        sys.exit("no --audio given and no demo test stream; run `make demo` first")
+        sys.exit("no --audio given and no generated test stream; run `make demo` first")
     return found[0]
 
 
@@ -356,7 +356,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=REPO)
     ap.add_argument("--alias", default="edge")
-    ap.add_argument("--audio", type=Path, help="recording streamed (default: a demo test stream)")
+    ap.add_argument(
+        "--audio", type=Path, help="recording streamed (default: a generated test stream)"
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     ap.add_argument("--max-streams", type=int, default=256)
     ap.add_argument("--workers", type=int, default=1, help="server processes")

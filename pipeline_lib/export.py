@@ -331,8 +331,8 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
             _report(spec, parity, rows, sizes, arena, bg, pos, cal), encoding="utf-8"
         )
         for name in VERIFIER_FILES:  # the server-side second stage travels with its model
-            if (layout.data / "verifier" / name).is_file():
-                shutil.copyfile(layout.data / "verifier" / name, out / name)
+            if (layout.verifier / name).is_file():
+                shutil.copyfile(layout.verifier / name, out / name)
         result: dict[str, Any] = {
             "sizes": sizes,
             "tensor_arena_bytes": arena,

@@ -30,8 +30,8 @@ class Layout:
         return self.data / "raw"
 
     @property
-    def demo(self) -> Path:
-        return self.data / "demo"
+    def generated(self) -> Path:
+        return self.data / "generated"
 
     @property
     def ingest(self) -> Path:
@@ -88,6 +88,10 @@ class Layout:
     @property
     def mine(self) -> Path:
         return self.data / "mine"
+
+    @property
+    def verifier(self) -> Path:
+        return self.data / "verifier"
 
     @property
     def export(self) -> Path:

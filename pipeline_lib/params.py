@@ -112,7 +112,7 @@ class KokoroParams(_Strict):
 
 
 class PerturbParams(_Strict):
-    """One voice into many speakers and microphones (:mod:`pipeline_lib.demo.perturb`)."""
+    """One voice into many speakers and microphones (:mod:`pipeline_lib.generate.perturb`)."""
 
     vtl: Range  # resampling factor: pitch and formants together (vocal-tract length)
     channel_prob: Annotated[float, Field(ge=0, le=1)]
@@ -134,8 +134,8 @@ class ConfusableParams(_Strict):
     min_share: Annotated[float, Field(ge=0, le=0.6)]  # ... and so is a smaller share of the phrase
 
 
-class DemoParams(_Strict):
-    """The synthetic demo corpus, the embedded default source."""
+class GenerateParams(_Strict):
+    """The wake word's corpus, synthesised from its phrase: the default source."""
 
     phrase: Annotated[str, Field(min_length=3)]
     extra_confusables: list[str]
@@ -157,7 +157,7 @@ class DemoParams(_Strict):
     background: BackgroundParams
 
     @model_validator(mode="after")
-    def _two_words(self) -> DemoParams:
+    def _two_words(self) -> GenerateParams:
         if len(self.phrase.split()) < 1:
             raise ValueError("phrase must contain at least one word")
         return self
@@ -605,7 +605,7 @@ class Params(_Strict):
     labels: Annotated[list[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]], Field(min_length=2)]
     audio: AudioParams
     runtime: RuntimeParams
-    demo: DemoParams
+    generate: GenerateParams
     ingest: IngestParams
     validate_: Annotated[ValidateParams, Field(alias="validate")]
     split: SplitParams

@@ -14,7 +14,7 @@ from pipeline_lib.params import Params, load_params
 # Each stage's module is imported only when that stage runs, so `soundops stage split`
 # never pays for importing torch.
 _TARGETS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline_lib.demo.generate", "generate_demo"),
+    "generate": ("pipeline_lib.generate.corpus", "generate_corpus"),
     "ingest": ("pipeline_lib.ingest", "run_ingest"),
     "validate": ("pipeline_lib.validate", "run_validate"),
     "split": ("pipeline_lib.split", "run_split"),
@@ -23,8 +23,8 @@ _TARGETS: dict[str, tuple[str, str]] = {
     "calibrate": ("pipeline_lib.calibrate", "run_calibrate"),
     "evaluate": ("pipeline_lib.evaluate", "run_evaluate"),
     "mine": ("pipeline_lib.mine", "run_mine"),
-    "export": ("pipeline_lib.export", "run_export"),
     "verifier": ("pipeline_lib.verifier", "run_verifier"),
+    "export": ("pipeline_lib.export", "run_export"),
 }
 
 

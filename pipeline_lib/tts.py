@@ -2,7 +2,7 @@
 
 espeak-ng's output depends on the whole history of the process that speaks (internal
 state and uninitialised memory), so the same request can sound different after other
-requests. To keep the demo corpus a pure function of its seed, speech is made by a
+requests. To keep the generated corpus a pure function of its seed, speech is made by a
 :class:`SpeechSession`: a fresh ``python -m pipeline_lib.tts_server`` process whose only
 history is the session's own request sequence. Samples travel as raw int16 bytes (never
 pickled).
@@ -72,9 +72,9 @@ class _Espeak:
     def set_voice(self, name: str) -> None:
         lang, _, variant = name.partition("+")
         if variant and not (voices_dir() / variant).is_file():
-            raise SoundopsError(f"demo.variants: espeak-ng has no voice variant '{variant}'.")
+            raise SoundopsError(f"generate.variants: espeak-ng has no voice variant '{variant}'.")
         if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise SoundopsError(f"demo.voices: espeak-ng has no voice '{lang}'.")
+            raise SoundopsError(f"generate.voices: espeak-ng has no voice '{lang}'.")
 
     def speak(self, text: str, voice: str, wpm: int, pitch: int, pitch_range: int) -> bytes:
         self.set_voice(voice)

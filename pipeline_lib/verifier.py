@@ -138,7 +138,7 @@ def run_verifier(params: Params, layout: Layout) -> dict[str, Any]:
     from pipeline_lib.extract import load_split_manifest
 
     vp = params.verifier
-    out_dir = layout.data / "verifier"
+    out_dir = layout.verifier
     metrics_path = layout.metrics / "verifier.json"
     if not vp.enabled:
         summary: dict[str, Any] = {"enabled": False}

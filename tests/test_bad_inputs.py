@@ -67,7 +67,7 @@ ABSURD = [
     ("train.lr", float("inf"), "train.lr"),
     ("model.options.channels", -4, "model.options.channels"),
     ("train.batch_size", 10**12, "train.batch_size"),
-    ("demo.background.test_minutes", float("inf"), "demo.background.test_minutes"),
+    ("generate.background.test_minutes", float("inf"), "generate.background.test_minutes"),
     ("augment.stream_windows", 10**12, "augment.stream_windows"),
     ("calibrate.refractory_s", float("inf"), "calibrate.refractory_s"),
     ("ingest.max_file_s", float("nan"), "ingest.max_file_s"),

@@ -23,13 +23,14 @@ def test_dvc_yaml_matches_layout() -> None:
         for n, s in stages.items()
     }
     rel = lambda p: p.relative_to(REPO).as_posix()  # noqa: E731
-    assert outs["demo"] == [rel(layout.demo)]
+    assert outs["generate"] == [rel(layout.generated)]
     assert outs["ingest"] == [rel(layout.ingest)]
     assert outs["validate"] == [rel(layout.validate)]
     assert outs["split"] == [rel(layout.split)]
     assert outs["extract"] == [rel(layout.features)]
     assert outs["train"] == [rel(layout.model)]
     assert outs["calibrate"] == [rel(layout.calibration)]
+    assert outs["verifier"] == [rel(layout.verifier)]
     assert rel(layout.gate) in stages["split"]["deps"]
     produced = [o for stage_outs in outs.values() for o in stage_outs]
     for name, stage in stages.items():

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline_lib.layout import Layout
 from tests.conftest import REPO, shipped_params
-from tests.test_demo import tiny_demo
+from tests.test_generate import tiny_demo
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ class Project:
 
 
 ALL = (
-    "demo",
+    "generate",
     "ingest",
     "validate",
     "split",

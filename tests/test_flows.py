@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 def flow_params() -> dict[str, Any]:
     raw = tiny(shipped_params())
     # a model that learns the tiny corpus well enough to detect its own target phrase
-    raw["demo"]["counts"] = dict.fromkeys(("target", "confusable", "speech", "noise"), 16)
+    raw["generate"]["counts"] = dict.fromkeys(("target", "confusable", "speech", "noise"), 16)
     raw["train"] |= {"epochs": 6, "patience": 100}
     raw["release"]["gates"] |= {"max_fah": 1e6, "min_recall": 0.0}
     raw["release"]["monitor"] |= {"folder": "data/field", "tolerance": 0.0}
@@ -100,7 +100,7 @@ def test_two_builds_at_once_one_waits_out_and_one_registers(built: Built) -> Non
     runs = mlflow.search_runs(search_all_experiments=True, output_format="pandas")
     assert isinstance(runs, pd.DataFrame)
     stages = set(runs["tags.soundops.stage"].dropna())
-    assert stages == {"demo", "ingest", "validate", "split", "extract", "train"} | {
+    assert stages == {"generate", "ingest", "validate", "split", "extract", "train"} | {
         "calibrate",
         "evaluate",
         "mine",

@@ -55,8 +55,8 @@ def test_ratios_must_sum_to_one(raw_params: dict[str, Any]) -> None:
 
 def test_range_order_and_source_kind(raw_params: dict[str, Any]) -> None:
     bad = copy.deepcopy(raw_params)
-    bad["demo"]["rate_wpm"] = {"min": 300, "max": 100}
-    assert "'demo.rate_wpm'" in _err(bad)
+    bad["generate"]["rate_wpm"] = {"min": 300, "max": 100}
+    assert "'generate.rate_wpm'" in _err(bad)
     bad = copy.deepcopy(raw_params)
     bad["ingest"]["sources"][0]["kind"] = "tarball"
     assert "'ingest.sources[0].kind'" in _err(bad)

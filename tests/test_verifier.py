@@ -17,7 +17,7 @@ from pipeline_lib.layout import Layout
 from pipeline_lib.params import Params
 from pipeline_lib.speech_embedding import STEP_SAMPLES, SpeechEmbedder, span_samples
 from tests.chirp_model import scene
-from tests.test_demo import tiny_demo
+from tests.test_generate import tiny_demo
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]
 
@@ -71,13 +71,13 @@ def test_head_round_trips_as_arrays_and_refuses_other_files(tmp_path: Path) -> N
 
 
 def _corpus(make_project: Project, raw: dict[str, Any], enabled: bool) -> tuple[Params, Layout]:
-    from pipeline_lib.demo.generate import generate_demo
+    from pipeline_lib.generate.corpus import generate_corpus
     from pipeline_lib.ingest import run_ingest
     from pipeline_lib.split import run_split
     from pipeline_lib.validate import run_validate
 
     raw = tiny_demo(raw, per_label=40)
-    raw["demo"]["background"] |= {"train_minutes": 1.0, "val_minutes": 1.0, "test_minutes": 1.0}
+    raw["generate"]["background"] |= {"train_minutes": 1.0, "val_minutes": 1.0, "test_minutes": 1.0}
     raw["runtime"] |= {"workers": 2, "threads": 1}
     raw["split"]["ratios"] = {"train": 0.6, "val": 0.2, "test": 0.2}
     raw["validate"] |= {
@@ -88,7 +88,7 @@ def _corpus(make_project: Project, raw: dict[str, Any], enabled: bool) -> tuple[
     raw["verifier"] |= {"enabled": enabled, "target_fah": 30.0, "epochs": 15}
     params, layout = make_project(raw)
     if enabled:
-        for stage in (generate_demo, run_ingest, run_validate, run_split):
+        for stage in (generate_corpus, run_ingest, run_validate, run_split):
             stage(params, layout)
     return params, layout
 

@@ -1,14 +1,14 @@
-"""Synthesise the demo corpus: a folder of FLAC files plus a manifest that ingest reads.
+"""Synthesise the corpus from the phrase: FLAC files plus a manifest that ingest reads.
 
 Positives are the target phrase spoken by espeak-ng (English voices, other languages'
 voices reading English for accents, variants, rates and pitches) and by a neural piper
 voice (noise and length scales varied), each utterance moved to a new vocal-tract length
-and most through a random microphone or line (:mod:`pipeline_lib.demo.perturb`).
+and most through a random microphone or line (:mod:`pipeline_lib.generate.perturb`).
 Negatives are phonetic confusables, other speech and non-speech noise, spoken and
 perturbed the same way; long background streams (speech, confusables and noise, never
 the target) measure false alarms. Every file is a pure function of (seed, kind, index)
 and of the fixed batch it is spoken in (fresh engines per batch of clips or per stream,
-see :mod:`pipeline_lib.tts` and :mod:`pipeline_lib.demo.piper_voice`), so the corpus is
+see :mod:`pipeline_lib.tts` and :mod:`pipeline_lib.generate.piper_voice`), so the corpus is
 byte-identical whatever the number of workers.
 """
 
@@ -26,13 +26,13 @@ import soundfile as sf
 
 from pipeline_lib import tts
 from pipeline_lib.atomic import atomic_path, write_csv, write_json
-from pipeline_lib.demo import kokoro_voice, perturb, phrases, piper_voice
-from pipeline_lib.demo import noise as nz
-from pipeline_lib.demo.piper_voice import PiperSpeaker
 from pipeline_lib.errors import SoundopsError
+from pipeline_lib.generate import kokoro_voice, perturb, phrases, piper_voice
+from pipeline_lib.generate import noise as nz
+from pipeline_lib.generate.piper_voice import PiperSpeaker
 from pipeline_lib.layout import Layout
 from pipeline_lib.parallel import pmap
-from pipeline_lib.params import DemoParams, Params
+from pipeline_lib.params import GenerateParams, Params
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ClipJob:
     stop: int
     seed: int
     out: Path
-    demo: DemoParams
+    gen: GenerateParams
     texts: Texts
 
 
@@ -68,7 +68,7 @@ class StreamJob:
     seconds: float
     seed: int
     out: Path
-    demo: DemoParams
+    gen: GenerateParams
     texts: Texts
 
 
@@ -76,8 +76,8 @@ class Voices:
     """The speech engines of one batch or stream: a fresh espeak-ng session, and the
     process's piper voice, loaded on first use (batches of noise never need it)."""
 
-    def __init__(self, demo: DemoParams) -> None:
-        self.demo = demo
+    def __init__(self, gen: GenerateParams) -> None:
+        self.gen = gen
         self.espeak = tts.SpeechSession()
         self._piper: PiperSpeaker | None = None
 
@@ -98,8 +98,8 @@ class Voices:
         A feature that is off draws no random number, and the voice is drawn before the
         text as it always was: the quick recipe's corpus is byte-identical to the one it
         was before piper, accents and perturbations existed."""
-        demo = self.demo
-        vtl = demo.perturb.vtl
+        gen = self.gen
+        vtl = gen.perturb.vtl
         factor = (
             perturb.vtl_factor(rng, vtl.min, vtl.max)
             if vtl.min != vtl.max
@@ -112,17 +112,17 @@ class Voices:
             who = int(rng.integers(kokoro_voice.SPEAKERS))
             return f"{KOKORO}{who:02d}-vtl{round(float(factor) * 20)}", factor
         accent = (
-            demo.accent_share > 0 and bool(demo.accent_voices) and rng.random() < demo.accent_share
+            gen.accent_share > 0 and bool(gen.accent_voices) and rng.random() < gen.accent_share
         )
-        voices = demo.accent_voices if accent else demo.voices
-        return f"{rng.choice(voices)}+{rng.choice(demo.variants)}", factor
+        voices = gen.accent_voices if accent else gen.voices
+        return f"{rng.choice(voices)}+{rng.choice(gen.variants)}", factor
 
     def say(self, rng: np.random.Generator, text: str, speaker: tuple[str, Fraction]) -> np.ndarray:
         """``text`` by a speaker from :meth:`pick`, moved to its vocal-tract length;
         trimmed samples at :data:`tts.RATE`."""
-        demo, (group, factor) = self.demo, speaker
+        gen, (group, factor) = self.gen, speaker
         if group.startswith(PIPER):
-            p = demo.piper
+            p = gen.piper
             how = piper_voice.Rendition(
                 length_scale=float(rng.uniform(p.length_scale.min, p.length_scale.max)),
                 noise_scale=float(rng.uniform(p.noise_scale.min, p.noise_scale.max)),
@@ -131,14 +131,14 @@ class Voices:
             speech = self.piper().speak(text, how, rng)
         elif group.startswith(KOKORO):
             who = int(group[len(KOKORO) :].split("-", 1)[0])
-            speed = float(rng.uniform(demo.kokoro.speed.min, demo.kokoro.speed.max))
+            speed = float(rng.uniform(gen.kokoro.speed.min, gen.kokoro.speed.max))
             parts = [
                 kokoro_voice.speak(ipa, who, speed, tts.RATE) for ipa in self.piper().phonemes(text)
             ]
             speech = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         else:
-            wpm = int(rng.uniform(demo.rate_wpm.min, demo.rate_wpm.max))
-            pitch = int(rng.uniform(demo.pitch.min, demo.pitch.max))
+            wpm = int(rng.uniform(gen.rate_wpm.min, gen.rate_wpm.max))
+            pitch = int(rng.uniform(gen.pitch.min, gen.pitch.max))
             spread = int(rng.uniform(20, 80))
             speech = self.espeak.speak(text, group, wpm, pitch, pitch_range=spread)
         return _trim(perturb.vocal_tract(speech, factor))
@@ -148,9 +148,9 @@ PIPER = "piper-"
 KOKORO = "kokoro-"
 
 
-def _mic(rng: np.random.Generator, demo: DemoParams, x: np.ndarray) -> np.ndarray:
+def _mic(rng: np.random.Generator, gen: GenerateParams, x: np.ndarray) -> np.ndarray:
     """The clip through a random microphone or line (or none), at the same peak."""
-    if demo.perturb.channel_prob <= 0 or rng.random() >= demo.perturb.channel_prob:
+    if gen.perturb.channel_prob <= 0 or rng.random() >= gen.perturb.channel_prob:
         return x
     peak = float(np.abs(x).max())
     y = perturb.channel(x, tts.RATE, str(rng.choice(perturb.CHANNELS)), rng)
@@ -185,7 +185,7 @@ def _text_for(rng: np.random.Generator, kind: str, texts: Texts) -> str:
 
 def make_clips(job: ClipJob) -> list[dict[str, object]]:
     """A batch of labelled clips spoken by one batch's fresh engines; their manifest rows."""
-    voices = Voices(job.demo)
+    voices = Voices(job.gen)
     try:
         return [make_clip(voices, job, i) for i in range(job.start, job.stop)]
     finally:
@@ -196,10 +196,10 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
     """One labelled clip; returns its manifest row."""
     rng = np.random.default_rng([job.seed, KIND_INDEX[job.kind], index])
     rate = tts.RATE
-    n = int(job.demo.clip_seconds * rate)
+    n = int(job.gen.clip_seconds * rate)
     row: dict[str, object] = {"label": job.kind, "role": "clip", "split": ""}
     if job.kind == "noise":
-        kind = str(rng.choice(nz.kinds(job.demo.household_noise)[0]))
+        kind = str(rng.choice(nz.kinds(job.gen.household_noise)[0]))
         level = (
             float(rng.choice([-75.0, -65.0, -55.0]))
             if kind == "silence"
@@ -208,7 +208,7 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
         clip = nz.at_rms_dbfs(nz.make_noise(rng, kind, n, rate), level)
         row |= {"group": f"noise-{index:05d}", "text": kind, "voice": ""}
     else:
-        speaker = voices.pick(rng, job.demo.piper.clip_share, job.demo.kokoro.clip_share)
+        speaker = voices.pick(rng, job.gen.piper.clip_share, job.gen.kokoro.clip_share)
         voice = speaker[0]
         text = _text_for(rng, job.kind, job.texts)
         speech = voices.say(rng, text, speaker)
@@ -216,10 +216,10 @@ def make_clip(voices: Voices, job: ClipJob, index: int) -> dict[str, object]:
             n = speech.size + int(0.1 * rate)
         speech = speech / (np.abs(speech).max() + 1e-9) * 10 ** (rng.uniform(-20, -1) / 20)
         clip = _place(rng, speech.astype(np.float32), n)
-        snr = rng.uniform(job.demo.snr_db.min, job.demo.snr_db.max)
-        bed = nz.make_noise(rng, str(rng.choice(nz.kinds(job.demo.household_noise)[1])), n, rate)
+        snr = rng.uniform(job.gen.snr_db.min, job.gen.snr_db.max)
+        bed = nz.make_noise(rng, str(rng.choice(nz.kinds(job.gen.household_noise)[1])), n, rate)
         sig_rms = float(np.sqrt(np.mean(speech**2))) + 1e-9
-        clip = _mic(rng, job.demo, clip + bed * np.float32(sig_rms / 10 ** (snr / 20)))
+        clip = _mic(rng, job.gen, clip + bed * np.float32(sig_rms / 10 ** (snr / 20)))
         row |= {"group": voice, "text": text, "voice": voice}
     rel = f"clips/{job.kind}/{job.kind}-{index:05d}.flac"
     _write(job.out / rel, clip, rate)
@@ -231,21 +231,21 @@ def make_stream(job: StreamJob) -> dict[str, object]:
     rng = np.random.default_rng([job.seed, KIND_INDEX["background"], job.index])
     rate = tts.RATE
     n = int(job.seconds * rate)
-    _, _, event_kinds, bed_kinds = nz.kinds(job.demo.household_noise)
+    _, _, event_kinds, bed_kinds = nz.kinds(job.gen.household_noise)
     bed_kind = str(rng.choice(bed_kinds))
     out = nz.at_rms_dbfs(nz.make_noise(rng, bed_kind, n, rate), float(rng.uniform(-55, -35)))
     pos = int(rng.uniform(0.5, 3.0) * rate)
-    demo = job.demo
-    bg = demo.background
-    voices = Voices(demo)
+    gen = job.gen
+    bg = gen.background
+    voices = Voices(gen)
     while pos < n:
         u = rng.random()
         if u < bg.speech_share or u < bg.speech_share + bg.confusable_share:
             kind = "speech" if u < bg.speech_share else "confusable"
             text = _text_for(rng, kind, job.texts)
-            speaker = voices.pick(rng, demo.piper.stream_share, demo.kokoro.stream_share)
+            speaker = voices.pick(rng, gen.piper.stream_share, gen.kokoro.stream_share)
             event = voices.say(rng, text, speaker)
-            event = _mic(rng, demo, event)
+            event = _mic(rng, gen, event)
             event = event / (np.abs(event).max() + 1e-9) * 10 ** (rng.uniform(-24, -3) / 20)
         else:
             length = int(rng.uniform(0.3, 3.0) * rate)
@@ -283,44 +283,46 @@ def _run(job: ClipJob | StreamJob) -> list[dict[str, object]]:
     return [make_stream(job)] if isinstance(job, StreamJob) else make_clips(job)
 
 
-def build_texts(demo: DemoParams, session: tts.SpeechSession) -> Texts:
+def build_texts(gen: GenerateParams, session: tts.SpeechSession) -> Texts:
     return Texts(
-        target=tuple(phrases.target_variants(demo.phrase)),
+        target=tuple(phrases.target_variants(gen.phrase)),
         confusable=tuple(
             phrases.confusables(
-                demo.phrase,
-                demo.extra_confusables,
+                gen.phrase,
+                gen.extra_confusables,
                 session,
-                min_distance=demo.min_confusable_distance,
-                dictionary=demo.confusables.dictionary,
-                per_word=demo.confusables.per_word,
-                min_phones=demo.confusables.min_phones,
-                min_share=demo.confusables.min_share,
+                min_distance=gen.min_confusable_distance,
+                dictionary=gen.confusables.dictionary,
+                per_word=gen.confusables.per_word,
+                min_phones=gen.confusables.min_phones,
+                min_share=gen.confusables.min_share,
             )
         ),
-        speech=tuple(phrases.other_speech(demo.phrase)),
-        words=tuple(phrases.word_salad_pool(demo.phrase)),
+        speech=tuple(phrases.other_speech(gen.phrase)),
+        words=tuple(phrases.word_salad_pool(gen.phrase)),
     )
 
 
-def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
-    """The demo stage: write ``data/demo`` (FLAC clips and streams plus manifest.csv)."""
-    demo = params.demo
+def generate_corpus(params: Params, layout: Layout) -> dict[str, object]:
+    """The generate stage: write ``data/generated`` (FLAC clips and streams plus manifest.csv)."""
+    gen = params.generate
     with tts.SpeechSession() as session:
-        for voice in demo.voices:  # fail fast, naming the key, before any work
+        for voice in gen.voices:  # fail fast, naming the key, before any work
             session.check_voice(voice)
-        for voice in demo.accent_voices:
+        for voice in gen.accent_voices:
             try:
                 session.check_voice(voice)
             except SoundopsError as exc:
-                raise SoundopsError(str(exc).replace("demo.voices", "demo.accent_voices")) from exc
-        for variant in demo.variants:
-            session.check_voice(f"{demo.voices[0]}+{variant}")
-        texts = build_texts(demo, session)
-    with atomic_path(layout.demo) as out:
+                raise SoundopsError(
+                    str(exc).replace("generate.voices", "generate.accent_voices")
+                ) from exc
+        for variant in gen.variants:
+            session.check_voice(f"{gen.voices[0]}+{variant}")
+        texts = build_texts(gen, session)
+    with atomic_path(layout.generated) as out:
         out.mkdir(parents=True)
         jobs: list[ClipJob | StreamJob] = []
-        bg = demo.background
+        bg = gen.background
         for split, minutes in (
             ("train", bg.train_minutes),
             ("val", bg.val_minutes),
@@ -330,19 +332,19 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
             count = math.ceil(minutes / bg.stream_minutes) if minutes > 0 else 0
             offset = {"train": 0, "val": 1000, "test": 2000, "mine": 3000}[split]
             jobs.extend(
-                StreamJob(split, offset + i, minutes * 60 / count, params.seed, out, demo, texts)
+                StreamJob(split, offset + i, minutes * 60 / count, params.seed, out, gen, texts)
                 for i in range(count)
             )
-        for kind, count in demo.counts.model_dump().items():
+        for kind, count in gen.counts.model_dump().items():
             jobs.extend(
-                ClipJob(kind, i, min(i + BATCH, count), params.seed, out, demo, texts)
+                ClipJob(kind, i, min(i + BATCH, count), params.seed, out, gen, texts)
                 for i in range(0, count, BATCH)
             )
         batches = pmap(
             _run,
             jobs,
             workers=params.runtime.resolved_workers(),
-            desc="demo",
+            desc="generate",
             chunksize=1,
             unit="batch",
         )
@@ -352,7 +354,7 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
         )
         write_csv(out / "manifest.csv", frame)
         summary = {
-            "phrase": demo.phrase,
+            "phrase": gen.phrase,
             "confusables": list(texts.confusable),
             "sample_rate": tts.RATE,
             "clips": {
@@ -370,9 +372,9 @@ def generate_demo(params: Params, layout: Layout) -> dict[str, object]:
         }
         write_json(out / "corpus.json", summary)
     log.info(
-        "demo: %d clip(s), %d stream(s) for phrase %r",
+        "gen: %d clip(s), %d stream(s) for phrase %r",
         int((frame.role == "clip").sum()),
         int((frame.role == "stream").sum()),
-        demo.phrase,
+        gen.phrase,
     )
     return summary

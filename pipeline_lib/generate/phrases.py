@@ -1,4 +1,4 @@
-"""Texts for the demo: the target phrase's variants, phonetic confusables, other speech."""
+"""Texts of the generated corpus: the phrase's variants, phonetic confusables, other speech."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from functools import lru_cache
 from importlib import resources
 
 from pipeline_lib import tts
-from pipeline_lib.demo.confusables import edit_distance
+from pipeline_lib.generate.confusables import edit_distance
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +65,7 @@ def confusables(
     for a near-sounding word (from CMUdict by phonemes, or from the bundled lexicon by
     espeak-ng's IPA; a word CMUdict lacks falls back to the lexicon), words reordered, plus
     user-given phrases."""
-    from pipeline_lib.demo import confusables as cmu
+    from pipeline_lib.generate import confusables as cmu
 
     words = phrase.lower().split()
     out: list[str] = []

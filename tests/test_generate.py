@@ -1,4 +1,4 @@
-"""The demo corpus: deterministic, labelled as asked, and a source like any other."""
+"""The generated corpus: deterministic, labelled as asked, and a source like any other."""
 
 from __future__ import annotations
 
@@ -12,19 +12,21 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline_lib.demo.generate import generate_demo
-from pipeline_lib.demo.phrases import confusables
 from pipeline_lib.errors import SoundopsError
+from pipeline_lib.generate.corpus import generate_corpus
+from pipeline_lib.generate.phrases import confusables
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import parse_params
 from pipeline_lib.tts import SpeechSession
 
 
 def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
-    """A demo corpus of a few clips per label and seconds-long streams."""
+    """A generated corpus of a few clips per label and seconds-long streams."""
     raw = copy.deepcopy(raw)
-    raw["demo"]["counts"] = dict.fromkeys(("target", "confusable", "speech", "noise"), per_label)
-    raw["demo"]["background"] |= {
+    raw["generate"]["counts"] = dict.fromkeys(
+        ("target", "confusable", "speech", "noise"), per_label
+    )
+    raw["generate"]["background"] |= {
         "train_minutes": 0,
         "val_minutes": 0.1,
         "test_minutes": 0.2,
@@ -50,24 +52,27 @@ def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
         (Path(__file__).parents[1] / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8")
     )
     raw = copy.deepcopy(raw)
-    for key, value in preset["demo"].items():
-        raw["demo"][key] = value
+    for key, value in preset["generate"].items():
+        raw["generate"][key] = value
     return raw
 
 
 def test_deterministic_whatever_the_workers(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     raw = real_voice(tiny_demo(raw_params))  # every engine and perturbation in play
-    generate_demo(parse_params(raw), Layout(tmp_path / "a"))
+    generate_corpus(parse_params(raw), Layout(tmp_path / "a"))
     raw["runtime"]["workers"] = 2
-    generate_demo(parse_params(raw), Layout(tmp_path / "b"))
-    a, b = _digest(tmp_path / "a" / "data" / "demo"), _digest(tmp_path / "b" / "data" / "demo")
+    generate_corpus(parse_params(raw), Layout(tmp_path / "b"))
+    a, b = (
+        _digest(tmp_path / "a" / "data" / "generated"),
+        _digest(tmp_path / "b" / "data" / "generated"),
+    )
     assert a == b and len(a) == 24 + 3 + 2 + 2  # clips, streams, mining pool, tables
 
 
 def test_corpus_content(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     layout = Layout(tmp_path)
-    generate_demo(parse_params(tiny_demo(raw_params)), layout)
-    m = pd.read_csv(layout.demo / "manifest.csv", keep_default_na=False)
+    generate_corpus(parse_params(tiny_demo(raw_params)), layout)
+    m = pd.read_csv(layout.generated / "manifest.csv", keep_default_na=False)
     clips = m[m["role"] == "clip"]
     assert clips["label"].value_counts().to_dict() == {
         "target": 6,
@@ -77,16 +82,16 @@ def test_corpus_content(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     }
     streams = m[m["role"] == "stream"]
     assert streams["split"].value_counts().to_dict() == {"test": 2, "val": 1}
-    phrase = raw_params["demo"]["phrase"]
+    phrase = raw_params["generate"]["phrase"]
     targets = clips[clips["label"] == "target"]
     assert all(t.lower().strip("!?.").replace(",", "") == phrase for t in targets["text"])
     assert not set(clips.loc[clips["label"] == "confusable", "text"]) & {phrase}
     for row in targets.itertuples():  # speech is there, well above the noise bed
-        x, rate = sf.read(str(layout.demo / row.path))
+        x, rate = sf.read(str(layout.generated / row.path))
         assert rate == 22050 and x.size >= int(1.5 * rate)
         frames = np.sqrt(np.mean(x[: x.size // 441 * 441].reshape(-1, 441) ** 2, axis=1))
         assert frames.max() > 2 * np.percentile(frames, 10)
-    stream, rate = sf.read(str(layout.demo / streams.iloc[0]["path"]))
+    stream, rate = sf.read(str(layout.generated / streams.iloc[0]["path"]))
     assert stream.size == pytest.approx(6.0 * rate, abs=2)
 
 
@@ -100,16 +105,16 @@ def test_confusables_share_sounds_but_are_not_the_phrase() -> None:
 
 def test_unknown_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     raw = tiny_demo(raw_params)
-    raw["demo"]["variants"] = ["m1", "nobody"]
+    raw["generate"]["variants"] = ["m1", "nobody"]
     with pytest.raises(
-        SoundopsError, match=r"demo\.variants: espeak-ng has no voice variant 'nobody'"
+        SoundopsError, match=r"generate\.variants: espeak-ng has no voice variant 'nobody'"
     ):
-        generate_demo(parse_params(raw), Layout(tmp_path))
-    assert not (tmp_path / "data" / "demo").exists()
+        generate_corpus(parse_params(raw), Layout(tmp_path))
+    assert not (tmp_path / "data" / "generated").exists()
 
 
 def test_dictionary_confusables_sound_near_but_never_hold_the_phrase() -> None:
-    from pipeline_lib.demo import confusables as cmu
+    from pipeline_lib.generate import confusables as cmu
 
     with SpeechSession() as session:
         found = confusables("alexa", [], session, dictionary="cmudict", per_word=30, min_phones=2)
@@ -143,7 +148,7 @@ def test_a_word_outside_the_dictionary_falls_back_to_the_lexicon() -> None:
 
 
 def test_piper_voice_is_a_function_of_its_generator() -> None:
-    from pipeline_lib.demo.piper_voice import RATE, PiperSpeaker, Rendition
+    from pipeline_lib.generate.piper_voice import RATE, PiperSpeaker, Rendition
 
     how = Rendition(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8)
     speaker = PiperSpeaker()
@@ -159,7 +164,7 @@ def test_piper_voice_is_a_function_of_its_generator() -> None:
 
 
 def test_kokoro_speakers_are_fixed_mixes_and_pure_functions() -> None:
-    from pipeline_lib.demo import kokoro_voice
+    from pipeline_lib.generate import kokoro_voice
 
     ipa = "h\u0259l\u02c8o\u028a \u00f0\u02c8\u025b\u0279"  # "hello there", espeak IPA
     first = kokoro_voice.speak(ipa, 3, 1.0, 22050)
@@ -178,19 +183,21 @@ def test_corpus_mixes_engines_accents_and_microphones(
     tmp_path: Path, raw_params: dict[str, Any]
 ) -> None:
     raw = real_voice(tiny_demo(raw_params, per_label=12))
-    raw["demo"]["piper"]["clip_share"] = 0.4
-    raw["demo"]["kokoro"]["clip_share"] = 0.4
-    raw["demo"]["accent_share"] = 0.5
+    raw["generate"]["piper"]["clip_share"] = 0.4
+    raw["generate"]["kokoro"]["clip_share"] = 0.4
+    raw["generate"]["accent_share"] = 0.5
     layout = Layout(tmp_path)
-    generate_demo(parse_params(raw), layout)
-    m = pd.read_csv(layout.demo / "manifest.csv", keep_default_na=False)
+    generate_corpus(parse_params(raw), layout)
+    m = pd.read_csv(layout.generated / "manifest.csv", keep_default_na=False)
     spoken = m[(m["role"] == "clip") & (m["label"] != "noise")]
     groups = set(spoken["group"])
     assert any(g.startswith("piper-") for g in groups)
     assert any(g.startswith("kokoro-") for g in groups)
     neural = ("piper-", "kokoro-")
     accents = {g.split("+")[0] for g in groups if not g.startswith(neural)}
-    assert accents & set(raw["demo"]["accent_voices"]) and accents & set(raw["demo"]["voices"])
+    assert accents & set(raw["generate"]["accent_voices"]) and accents & set(
+        raw["generate"]["voices"]
+    )
     # a voice is no cue for the label: piper speaks targets and negatives alike
     by_label = spoken.assign(piper=spoken["group"].str.startswith("piper-"))
     assert by_label.groupby("label")["piper"].any().all()
@@ -198,14 +205,14 @@ def test_corpus_mixes_engines_accents_and_microphones(
 
 def test_unknown_accent_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     raw = tiny_demo(raw_params)
-    raw["demo"]["accent_voices"] = ["de", "xx"]
-    with pytest.raises(SoundopsError, match=r"demo\.accent_voices: espeak-ng has no voice"):
-        generate_demo(parse_params(raw), Layout(tmp_path))
-    assert not (tmp_path / "data" / "demo").exists()
+    raw["generate"]["accent_voices"] = ["de", "xx"]
+    with pytest.raises(SoundopsError, match=r"generate\.accent_voices: espeak-ng has no voice"):
+        generate_corpus(parse_params(raw), Layout(tmp_path))
+    assert not (tmp_path / "data" / "generated").exists()
 
 
 def test_every_noise_kind_is_finite_unit_rms_and_deterministic() -> None:
-    from pipeline_lib.demo import noise as nz
+    from pipeline_lib.generate import noise as nz
 
     rate, n = 22050, 22050
     for kind in nz.NOISE_KINDS:

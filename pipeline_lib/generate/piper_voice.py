@@ -2,7 +2,7 @@
 
 espeak-ng's formant voices are many but all robotic; a VITS voice trained on a real
 speaker sounds like a person, and its noise and length scales (plus the perturbations in
-:mod:`pipeline_lib.demo.perturb`) make one speaker into many renditions. Nothing is
+:mod:`pipeline_lib.generate.perturb`) make one speaker into many renditions. Nothing is
 downloaded: the model and its config are package data; piper-tts phonemises the text.
 
 VITS draws its noise with ``RandomNormalLike`` nodes that carry no seed, so the same

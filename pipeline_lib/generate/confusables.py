@@ -88,7 +88,7 @@ def near_words(word: str, count: int, min_phones: int, max_phones: int = 3) -> l
 
 
 def _common() -> frozenset[str]:
-    from pipeline_lib.demo import phrases  # phrases imports this module: import at call time
+    from pipeline_lib.generate import phrases  # phrases imports this module: import at call time
 
     return frozenset(phrases.lexicon())
 

@@ -1,1 +1,0 @@
-"""The synthetic demo corpus: the embedded default source, ingested like any other."""
