@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from pipeline_lib import atomic, detector, metrics
 from pipeline_lib.audio import read_audio, resample
@@ -157,7 +158,8 @@ def run_verifier(params: Params, layout: Layout) -> dict[str, Any]:
     def clip_set(split: str) -> tuple[list[np.ndarray], np.ndarray]:
         rows = clips[clips["split"] == split]
         wins, labels = [], []
-        for i, (p, c) in enumerate(zip(rows["path"], rows["class"], strict=True)):
+        pairs = zip(rows["path"], rows["class"], strict=True)
+        for p, c in tqdm(pairs, total=len(rows), desc=f"verifier {split} clips", unit="clip"):
             x = pad_clip(_read16k(layout.ingest / p), bed, rng)
             w = windows_of(embedder().embed(x))
             if c == 1:  # only windows that hold the whole clip are the target
@@ -172,15 +174,13 @@ def run_verifier(params: Params, layout: Layout) -> dict[str, Any]:
                 w = w[max(0, lo) : hi + 1]
             wins.append(w)
             labels.append(int(c))
-            if (i + 1) % 500 == 0:
-                log.info("verifier: %s clips %d/%d embedded", split, i + 1, len(rows))
         return wins, np.asarray(labels)
 
     train_w, train_y = clip_set("train")
     pos = np.concatenate([w for w, y in zip(train_w, train_y, strict=True) if y == 1])
     neg_parts = [w for w, y in zip(train_w, train_y, strict=True) if y == 0]
     stream_neg = 0
-    for p in train_streams:
+    for p in tqdm(train_streams, desc="verifier train background", unit="file"):
         w = windows_of(embedder().embed(_read16k(p)))
         neg_parts.append(w)
         stream_neg += w.shape[0]
@@ -203,7 +203,8 @@ def run_verifier(params: Params, layout: Layout) -> dict[str, Any]:
 
     def background(split: str, minutes: float) -> tuple[list[np.ndarray], list[np.ndarray], float]:
         ts, ss, secs = [], [], 0.0
-        for p in _streams(layout, frame, split, minutes):
+        files = _streams(layout, frame, split, minutes)
+        for p in tqdm(files, desc=f"verifier {split} background", unit="file"):
             t, s, d = stream_scores(head, p)
             ts.append(t)
             ss.append(s)
