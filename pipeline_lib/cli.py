@@ -112,7 +112,8 @@ def score(
     model: Annotated[
         Path,
         typer.Option(
-            help="A model folder, an exported .onnx file, or data/export/model_int8.tflite."
+            help="A model folder, an exported .onnx file, data/export/model_int8.tflite, or an "
+            "ESPHome micro_wake_word manifest (.json, e.g. microWakeWord's own models)."
         ),
     ] = Path("data/model"),
     calibration: Annotated[

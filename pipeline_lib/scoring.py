@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pipeline_lib.atomic import write_csv, write_json
 from pipeline_lib.errors import SoundopsError
+from pipeline_lib.esphome_model import ManifestModel
 from pipeline_lib.parallel import pmap
 from pipeline_lib.scorers import Scorer, load_scorer
 from pipeline_lib.streaming import Calibration, FileScores, score_file
@@ -62,6 +63,8 @@ def score_files(
     missing = [p for p in audio if not p.is_file()]
     if missing:
         raise SoundopsError(f"{missing[0]}: audio file not found.")
+    if model.suffix == ".json":  # an ESPHome micro_wake_word manifest
+        return _score_manifest(audio, model, out, fmt, workers)
     scorer = load_scorer(model)
     cal = resolve_calibration(scorer.calibration, calibration, preset)
     if workers > 1 and len(audio) > 1:  # one process per core, each with its own scorer
@@ -79,6 +82,43 @@ def score_files(
         "refractory_s": rule.refractory_s,
         "temperature": cal.temperature,
     }
+    return _write(results, meta, out, fmt)
+
+
+@lru_cache(maxsize=2)
+def _manifest_model(path: Path) -> ManifestModel:
+    return ManifestModel(path)
+
+
+def _score_manifest_one(job: tuple[Path, Path]) -> FileScores:
+    path, manifest = job
+    return _manifest_model(manifest).score_file(path)
+
+
+def _score_manifest(
+    audio: list[Path], manifest: Path, out: Path, fmt: str, workers: int
+) -> dict[str, Any]:
+    """Files through a micro_wake_word model as ESPHome runs it (its own front end, stride
+    and sliding mean against its cutoff)."""
+    model = _manifest_model(manifest)
+    if workers > 1 and len(audio) > 1:
+        jobs = [(p, manifest) for p in audio]
+        results = pmap(_score_manifest_one, jobs, workers=workers, desc="score", chunksize=1)
+    else:
+        results = [model.score_file(p) for p in tqdm(audio, desc="score", unit="file")]
+    meta = {
+        "model": model.name,
+        "preset": "probability_cutoff",
+        "threshold": model.cutoff,
+        "smoothing": model.window,
+        "hop_s": round(float(model.mww.stride) * 0.01, 4),
+        "refractory_s": model.refractory_s,
+        "temperature": 1.0,
+    }
+    return _write(results, meta, out, fmt)
+
+
+def _write(results: list[FileScores], meta: dict[str, Any], out: Path, fmt: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
         doc = meta | {
