@@ -308,10 +308,15 @@ def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None
         v = registry.get_version(params, str(result["version"]))
         f = v.figures
         status = "candidate" if "candidate" in v.aliases else v.tags.get("gates", "")
+
+        def fig(key: str, spec: str) -> str:  # n/a: a figure the test split cannot measure
+            return format(f[key], spec) if key in f else "n/a"
+
         out.print(
-            f"registered {name} version {v.version} ({status}): FAH {f['fah']:.2f} "
-            f"({f['fah_lo']:.2f}-{f['fah_hi']:.2f}) over {f['background_hours']:.2f} h of "
-            f"background, recall {f['recall']:.4f}, INT8 TFLite {int(f['tflite_bytes']):,} bytes",
+            f"registered {name} version {v.version} ({status}): FAH {fig('fah', '.2f')} "
+            f"({fig('fah_lo', '.2f')}-{fig('fah_hi', '.2f')}) over "
+            f"{fig('background_hours', '.2f')} h of background, recall {fig('recall', '.4f')}, "
+            f"INT8 TFLite {int(f['tflite_bytes']):,} bytes",
             highlight=False,
         )
         if result.get("why"):

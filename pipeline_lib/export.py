@@ -183,7 +183,9 @@ def _gate_failures(
 ) -> list[str]:
     g = params.export.gates
     failed = []
-    for name, f in runtimes.items():
+    for name, read in runtimes.items():
+        # a figure the split cannot measure (no positives: NaN, JSON null) fails no gate
+        f = {k: (float("nan") if v is None else v) for k, v in read.items()}
         if f["fah_increase"] > g.max_fah_increase:
             failed.append(
                 f"{name} FAH {f['fah']:.2f} vs FP32 {f['fp32_fah']:.2f} over {f['hours']:.2f} h "

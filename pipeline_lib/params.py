@@ -488,6 +488,8 @@ class VerifierParams(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=8192)]
     lr: Annotated[float, Field(gt=0, le=1)]
     weight_decay: Annotated[float, Field(ge=0, le=1)]
+    # targets 1 - s/2 and s/2: keeps logits finite, so a threshold can still separate
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
 
 
 class ExportParams(_Strict):

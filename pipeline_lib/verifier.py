@@ -95,8 +95,9 @@ def _train_head(
         for i in range(0, xt.shape[0], vp.batch_size):
             idx = order[i : i + vp.batch_size]
             logits = net(xt[idx])[:, 0]
+            target = yt[idx] * (1 - vp.label_smoothing) + vp.label_smoothing / 2
             loss = nn.functional.binary_cross_entropy_with_logits(
-                logits, yt[idx], weight=weight[idx]
+                logits, target, weight=weight[idx]
             )
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]

@@ -195,3 +195,22 @@ def test_gates_name_each_failed_figure() -> None:
     assert "tflm_int8 recall 0.9000" in failed[1]
     assert "decision agreement 0.9000" in failed[2]
     assert "differ by 8.20 output steps on average over 100 windows (at most 11)" in failed[3]
+
+
+def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back() -> None:
+    """The registry re-reads export's metrics from JSON, where an unmeasurable recall
+    drop (no positives in a tiny split: NaN) is null; that must neither crash nor pass a
+    figure that really failed."""
+    from pipeline_lib.export import _gate_failures
+    from pipeline_lib.params import parse_params
+    from tests.conftest import shipped_params
+
+    params = parse_params(shipped_params())
+    runtime = {
+        "fah": 1.0, "fp32_fah": 1.0, "hours": 1.0, "fah_increase": 0.0, "recall": None,
+        "fp32_recall": None, "recall_drop": None, "decision_agreement": 1.0,
+    }  # fmt: skip
+    steps = {"mean_steps": 0.0, "max_steps": 0, "windows": 10}
+    assert _gate_failures(params, {"onnx": runtime}, steps) == []
+    worse = runtime | {"fah_increase": 5.0, "fah": 6.0}
+    assert "max_fah_increase" in _gate_failures(params, {"onnx": worse}, steps)[0]
