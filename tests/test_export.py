@@ -212,5 +212,8 @@ def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back()
     }  # fmt: skip
     steps = {"mean_steps": 0.0, "max_steps": 0, "windows": 10}
     assert _gate_failures(params, {"onnx": runtime}, steps) == []
-    worse = runtime | {"fah_increase": 5.0, "fah": 6.0}
+    worse = runtime | {"fah_increase": 5.0, "fah": 6.0, "fah_lo": 3.0}
     assert "max_fah_increase" in _gate_failures(params, {"onnx": worse}, steps)[0]
+    # one extra false alarm in 10 minutes: 6 FAH, but its lower bound (0.15) is chance
+    chance = runtime | {"fah_increase": 6.0, "fah": 6.0, "fah_lo": 0.15, "fp32_fah": 0.0}
+    assert _gate_failures(params, {"tflm_int8": chance}, steps) == []
