@@ -35,7 +35,7 @@ def _scored(s: np.ndarray) -> Scored:
 def test_sweep_finds_the_operating_points() -> None:
     bg = np.full(36000, 0.01)  # one hour
     bg[[1000, 5000, 9000, 20000]] = [0.6, 0.7, 0.8, 0.9]  # four confusions of rising score
-    rec = Recording("bg", "generated", Path("bg.flac"), 3600.0, _scored(bg))
+    rec = Recording("bg", "demo", Path("bg.flac"), 3600.0, _scored(bg))
     pos = np.full(1000, 0.01)
     spans = [(10.0 * i + 5, 10.0 * i + 6) for i in range(9)]
     for i, (on, _) in enumerate(spans):
@@ -88,14 +88,14 @@ def test_user_test_sets_are_measured(
 
 def _frame(sources: list[str]) -> pd.DataFrame:
     rows = [{"role": "clip", "split": "test", "label": "target", "source": s} for s in sources] + [
-        {"role": "clip", "split": "test", "label": "speech", "source": "generated"}
+        {"role": "clip", "split": "test", "label": "speech", "source": "demo"}
     ]
     return pd.DataFrame(rows)
 
 
 def test_headline_says_when_every_test_positive_is_synthetic(raw_params: dict[str, Any]) -> None:
-    params = parse_params(raw_params)  # the shipped generated source is marked synthetic
-    head = headline(_frame(["generated"] * 4), params, {})
+    params = parse_params(raw_params)  # the shipped "demo" source is marked synthetic
+    head = headline(_frame(["demo"] * 4), params, {})
     assert head["positives"] == "synthetic" and head["synthetic_positives"] == 4
     assert head["text"].startswith("Every one of the 4 test positives is synthetic")
     assert "evaluate.extra" in head["text"]
@@ -110,11 +110,11 @@ def test_headline_says_when_every_test_positive_is_synthetic(raw_params: dict[st
             "false_accept_rate": 0.25,
         }
     }
-    led = headline(_frame(["generated"] * 4), params, real)
+    led = headline(_frame(["demo"] * 4), params, real)
     assert led["real_target_sets"] == ["field"]
     assert led["text"].startswith("On your real recordings 'field': recall 0.500")
     assert "evaluate.extra clips set" not in led["text"]
-    mixed = headline(_frame(["generated", "mine", "mine"]), params, {})
+    mixed = headline(_frame(["demo", "mine", "mine"]), params, {})
     assert (
         mixed["positives"] == "mixed"
         and mixed["text"] == "1 of the 3 test positives are synthetic."
