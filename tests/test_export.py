@@ -191,7 +191,8 @@ def test_gates_name_each_failed_figure() -> None:
     far = {"windows": 100, "max_steps": 11, "mean_steps": 8.2, "histogram": []}
     failed = _gate_failures(params, bad, far)
     assert len(failed) == 4
-    assert "onnx_int8 FAH 2.00 vs FP32 1.00" in failed[0] and "max_fah_increase" in failed[0]
+    assert "onnx_int8 FAH 2.00 (95% lower bound 2.00) vs FP32 1.00" in failed[0]
+    assert "max_fah_increase" in failed[0]
     assert "tflm_int8 recall 0.9000" in failed[1]
     assert "decision agreement 0.9000" in failed[2]
     assert "differ by 8.20 output steps on average over 100 windows (at most 11)" in failed[3]
