@@ -11,7 +11,7 @@ same FAH harness as soundops' own (``soundops score --model NAME.json``).
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from pipeline_lib import detector
 from pipeline_lib.audio import audio_blocks
 from pipeline_lib.errors import SoundopsError
 from pipeline_lib.streaming import FileScores, Scored
-
-log = logging.getLogger(__name__)
 
 RATE = 16000
 FRAME_S = 0.01  # one micro front-end frame per 10 ms
@@ -85,7 +83,7 @@ class ManifestModel:
         self.refractory_s = refractory_s
         self.name = f"{self.doc.get('wake_word', path.stem)} ({path.name}, micro_wake_word)"
 
-    def score_samples(self, blocks: list[np.ndarray] | Any) -> tuple[Scored, float]:
+    def score_samples(self, blocks: Iterable[np.ndarray]) -> tuple[Scored, float]:
         """Probabilities (the sliding mean ESPHome compares to the cutoff) at each
         inference, and events; ``blocks`` of 16 kHz float samples in order."""
         from pymicro_wakeword import MicroWakeWordFeatures

@@ -5,6 +5,7 @@ is written, so a bad file leaves no partial results behind."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def _score_one(job: tuple[Path, Path, Calibration]) -> FileScores:
     return score_file(path, _scorer(model), cal)
 
 
+def _each_file(
+    audio: list[Path],
+    workers: int,
+    one: Callable[[Any], FileScores],
+    jobs: list[Any],
+    here: Callable[[Path], FileScores],
+) -> list[FileScores]:
+    """Every file scored: ``one(job)`` in a process per core (each loads its own model),
+    or ``here(path)`` in this process for one worker or one file."""
+    if workers > 1 and len(audio) > 1:
+        return pmap(one, jobs, workers=workers, desc="score", chunksize=1)
+    return [here(p) for p in tqdm(audio, desc="score", unit="file")]
+
+
 def score_files(
     audio: list[Path],
     model: Path,
@@ -67,11 +82,10 @@ def score_files(
         return _score_manifest(audio, model, out, fmt, workers)
     scorer = load_scorer(model)
     cal = resolve_calibration(scorer.calibration, calibration, preset)
-    if workers > 1 and len(audio) > 1:  # one process per core, each with its own scorer
-        jobs = [(p, model, cal) for p in audio]
-        results = pmap(_score_one, jobs, workers=workers, desc="score", chunksize=1)
-    else:
-        results = [score_file(p, scorer, cal) for p in tqdm(audio, desc="score", unit="file")]
+    results = _each_file(
+        audio, workers, _score_one, [(p, model, cal) for p in audio],
+        lambda p: score_file(p, scorer, cal),
+    )  # fmt: skip
     rule = cal.rule
     meta = {
         "model": scorer.name,
@@ -101,11 +115,9 @@ def _score_manifest(
     """Files through a micro_wake_word model as ESPHome runs it (its own front end, stride
     and sliding mean against its cutoff)."""
     model = _manifest_model(manifest)
-    if workers > 1 and len(audio) > 1:
-        jobs = [(p, manifest) for p in audio]
-        results = pmap(_score_manifest_one, jobs, workers=workers, desc="score", chunksize=1)
-    else:
-        results = [model.score_file(p) for p in tqdm(audio, desc="score", unit="file")]
+    results = _each_file(
+        audio, workers, _score_manifest_one, [(p, manifest) for p in audio], model.score_file
+    )
     meta = {
         "model": model.name,
         "preset": "probability_cutoff",

@@ -29,7 +29,7 @@ from pipeline_lib.errors import SoundopsError
 from pipeline_lib.layout import Layout
 from pipeline_lib.params import Params
 from pipeline_lib.speech_embedding import RATE, STEP_SAMPLES, embedder, span_samples
-from pipeline_lib.verifier_model import HEAD_STEPS, Head, window_end_s, windows_of
+from pipeline_lib.verifier_model import HEAD_STEPS, Head, noise_floor, window_end_s, windows_of
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def pad_clip(x: np.ndarray, bed: np.ndarray | None, rng: np.random.Generator) ->
     """``x`` with :data:`PRE_S` before and :data:`POST_S` after, from ``bed`` (a stretch of
     background) at the clip's own quietest level, or white noise when there is none."""
     pre, post = int(PRE_S * RATE), int(POST_S * RATE)
-    frames = x[: x.size // 800 * 800].reshape(-1, 800) if x.size >= 800 else x[None, :]
-    floor = float(np.sqrt(np.mean(frames**2, axis=1)).min()) + 1e-5
+    floor = noise_floor(x)
     n = pre + post
     if bed is not None and bed.size > n:
         start = int(rng.integers(0, bed.size - n))
@@ -51,6 +50,17 @@ def pad_clip(x: np.ndarray, bed: np.ndarray | None, rng: np.random.Generator) ->
     else:
         pad = (rng.standard_normal(n) * floor).astype(np.float32)
     return np.concatenate([pad[:pre], x.astype(np.float32), pad[pre:]])
+
+
+def _whole_clip(windows: np.ndarray, clip_samples: int) -> np.ndarray:
+    """The windows of a padded target clip that hold all of it (window ``i`` covers
+    samples ``[1280 i, 1280 i + span)``, the clip ``[pre, pre + clip_samples)``); of a clip
+    longer than a window, those inside it."""
+    pre = PRE_S * RATE
+    lo = int(np.ceil((pre + clip_samples - span_samples(HEAD_STEPS)) / STEP_SAMPLES))
+    hi = int(pre // STEP_SAMPLES)
+    lo, hi = min(lo, hi), max(lo, hi)
+    return windows[max(0, lo) : hi + 1]
 
 
 def _read16k(path: Path) -> np.ndarray:
@@ -161,19 +171,9 @@ def run_verifier(params: Params, layout: Layout) -> dict[str, Any]:
         wins, labels = [], []
         pairs = zip(rows["path"], rows["class"], strict=True)
         for p, c in tqdm(pairs, total=len(rows), desc=f"verifier {split} clips", unit="clip"):
-            x = pad_clip(_read16k(layout.ingest / p), bed, rng)
-            w = windows_of(embedder().embed(x))
-            if c == 1:  # only windows that hold the whole clip are the target
-                lo = int(
-                    np.ceil(
-                        (PRE_S * RATE + x.size - (PRE_S + POST_S) * RATE - span_samples(HEAD_STEPS))
-                        / STEP_SAMPLES
-                    )
-                )
-                hi = int(PRE_S * RATE // STEP_SAMPLES)
-                lo, hi = min(lo, hi), max(lo, hi)  # a clip longer than a window: its middle
-                w = w[max(0, lo) : hi + 1]
-            wins.append(w)
+            clip = _read16k(layout.ingest / p)
+            w = windows_of(embedder().embed(pad_clip(clip, bed, rng)))
+            wins.append(_whole_clip(w, clip.size) if c == 1 else w)
             labels.append(int(c))
         return wins, np.asarray(labels)
 

@@ -79,13 +79,18 @@ def window_end_s(i: np.ndarray | int) -> np.ndarray:
     return (np.asarray(i) * STEP_SAMPLES + span_samples(HEAD_STEPS)) / RATE
 
 
+def noise_floor(x: np.ndarray) -> float:
+    """The RMS of a clip's quietest 50 ms: the level its padding is made at."""
+    frames = x[: x.size // 800 * 800].reshape(-1, 800) if x.size >= 800 else x[None, :]
+    return float(np.sqrt(np.mean(frames**2, axis=1)).min()) + 1e-5
+
+
 def clip_windows(x: np.ndarray) -> np.ndarray:
     """The windows of a short clip, padded with white noise at its floor to one window."""
     need = span_samples(HEAD_STEPS)
     if x.size < need:
         rng = np.random.default_rng(0)  # padding is part of the input: the same every time
-        frames = x[: x.size // 800 * 800].reshape(-1, 800) if x.size >= 800 else x[None, :]
-        floor = float(np.sqrt(np.mean(frames**2, axis=1)).min()) + 1e-5
+        floor = noise_floor(x)
         extra = (rng.standard_normal(need - x.size) * floor).astype(np.float32)
         x = np.concatenate([extra[: extra.size // 2], x, extra[extra.size // 2 :]])
     return windows_of(embedder().embed(x))
