@@ -32,9 +32,10 @@ demo: setup  ## set up, then the build flow on the default project (phrase from 
 	$(BIN)/soundops params check
 	$(BIN)/soundops run build
 
-lint: setup  ## ruff
+lint: setup  ## ruff, and the import contracts of pyproject.toml (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup  ## mypy (strict)
 	$(BIN)/mypy

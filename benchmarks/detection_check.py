@@ -14,11 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline_lib import detector, metrics
-from pipeline_lib.calibrate import recall_on, split_audio
-from pipeline_lib.layout import Layout
-from pipeline_lib.modelio import load_model
-from pipeline_lib.params import load_params
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import load_params
+from pipeline_lib.detect import decision, metrics
+from pipeline_lib.detect.checkpoint import load_model
+from pipeline_lib.detect.positives import recall_on, split_audio
 
 
 def main() -> None:
@@ -35,11 +35,11 @@ def main() -> None:
     )
     for name, rule in cal["presets"].items():
         k, thr = rule["smoothing"], rule["threshold"]
-        smoothed = [detector.smooth(s, k) for s in audio.background.scores]
+        smoothed = [decision.smooth(s, k) for s in audio.background.scores]
         fa = metrics.count_events(smoothed, audio.background.times, thr, cal["refractory_s"])
         ps, pt = audio.positive_scores
         rec = recall_on(
-            detector.smooth(ps, k),
+            decision.smooth(ps, k),
             pt,
             audio.positives.spans,
             thr,

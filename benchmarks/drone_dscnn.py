@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline_lib.extract import run_extract
-from pipeline_lib.ingest import run_ingest
-from pipeline_lib.layout import Layout
-from pipeline_lib.modelio import load_model, logits
-from pipeline_lib.params import parse_params
-from pipeline_lib.split import run_split
-from pipeline_lib.train import Store, run_train
-from pipeline_lib.validate import run_validate
+from pipeline_lib.artifacts.store import Store
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect.checkpoint import load_model, logits
+from pipeline_lib.stages.extract import run_extract
+from pipeline_lib.stages.ingest import run_ingest
+from pipeline_lib.stages.split import run_split
+from pipeline_lib.stages.train import run_train
+from pipeline_lib.stages.validate import run_validate
 
 REPO = Path(__file__).resolve().parents[1]
 

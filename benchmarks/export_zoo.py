@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline_lib import quantize
-from pipeline_lib.modelio import ModelSpec
-from pipeline_lib.models import ZOO, build, count_params_macs
-from pipeline_lib.scorers import SPEC_KEY, export_onnx
-from pipeline_lib.tflm import TflmScorer, measure_arena
+from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.models import ZOO, build, count_params_macs
+from pipeline_lib.detect.runtimes import SPEC_KEY, export_onnx
+from pipeline_lib.detect.tflm import TflmScorer, measure_arena
+from pipeline_lib.stages.export import quantize
 
 FRAMES, BINS = 148, 40
 OPTIONS: dict[str, dict[str, object]] = {"dscnn": {}, "tcresnet8": {"width": 1.5}}

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline_lib.ingest import run_ingest
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import parse_params
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.stages.ingest import run_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 WAKE_PHRASES = ("alexa", "jarvis", "smart_mirror", "snowboy")

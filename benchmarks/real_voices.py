@@ -131,7 +131,7 @@ def check_training_is_clean(raw: dict[str, Any], real: Path) -> None:
 
 
 def read16k(path: Path) -> np.ndarray | None:
-    from pipeline_lib.audio import resample
+    from pipeline_lib.audio.io import resample
 
     try:
         x, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -237,9 +237,8 @@ def _write(out: Path, name: str, part: int, buf: list[np.ndarray]) -> None:
 def _tts_streams(out: Path, total_min: float, seed: int, minutes: float) -> float:
     """Sentences and word strings of the bundled texts by held-out espeak-ng voices, with
     pauses; never a word of any real phrase folder."""
-    from pipeline_lib import tts
-    from pipeline_lib.audio import resample
-    from pipeline_lib.generate import phrases
+    from pipeline_lib.audio.io import resample
+    from pipeline_lib.stages.generate import phrases, tts
 
     banned = {"alexa", "jarvis", "smart", "mirror", "snowboy"}
     sentences = [s for s in phrases.sentences() if not banned & set(s.lower().split())]
@@ -278,9 +277,9 @@ def ours(
     root: Path, pos: Positives, streams: list[Path], preset: str
 ) -> tuple[dict[str, Any], list[Any], Any]:
     """The shipped INT8 model's figures, and its scored negatives and positives."""
-    from pipeline_lib import evaluate
-    from pipeline_lib.scorers import OnnxScorer
-    from pipeline_lib.streaming import Calibration, Scored, StreamingDetector, score_file
+    from pipeline_lib.detect.runtimes import OnnxScorer
+    from pipeline_lib.detect.streaming import Calibration, Scored, StreamingDetector, score_file
+    from pipeline_lib.stages import evaluate
 
     model = root / "data" / "export" / "model_int8.onnx"
     scorer = OnnxScorer(model)
@@ -323,13 +322,13 @@ def peer(name: str, pos: Positives, streams: list[Path], refractory_s: float) ->
 
     from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures
 
-    from pipeline_lib import evaluate
+    from pipeline_lib.stages import evaluate
 
     cfg = Path(str(importlib.resources.files("pymicro_wakeword") / "models" / f"{name}.json"))
     mww = MicroWakeWord.from_config(cfg)
 
     def run_peer(x: np.ndarray) -> Any:
-        from pipeline_lib.streaming import Scored
+        from pipeline_lib.detect.streaming import Scored
 
         mww.reset()
         feats = MicroWakeWordFeatures()
@@ -365,9 +364,10 @@ def verifier_alone(
 ) -> tuple[dict[str, Any], list[Any], Any] | None:
     """The speech-embedding verifier streamed over the same audio on its own (it runs on
     a server, not a device), or None when the copy trained none."""
-    from pipeline_lib import evaluate, verifier, verifier_model
-    from pipeline_lib.speech_embedding import embedder
-    from pipeline_lib.streaming import Scored
+    from pipeline_lib.audio.speech_embedding import embedder
+    from pipeline_lib.detect import verifier_model
+    from pipeline_lib.detect.streaming import Scored
+    from pipeline_lib.stages import evaluate, verifier
 
     path = root / "data" / "verifier" / "verifier.npz"
     if not path.is_file():
@@ -411,7 +411,7 @@ def cascade(
     accepts. FRR at each FAH is the best over device and verifier thresholds swept on this
     audio (a DET envelope, as for the single models); the operating point is the device at
     its calibrated ``lenient`` preset and the verifier at its own calibrated threshold."""
-    from pipeline_lib import detector
+    from pipeline_lib.detect import decision
 
     dev_recs, dev_pos = dev
     ver_recs, ver_pos = ver
@@ -440,7 +440,7 @@ def cascade(
                     np.array(
                         [
                             t
-                            for t, _ in detector.detect(
+                            for t, _ in decision.detect(
                                 dr.scored.smoothed, dr.scored.times, d, refractory_s
                             )
                         ]
@@ -450,7 +450,7 @@ def cascade(
             ]
         )
         ev = np.array(
-            [t for t, _ in detector.detect(dev_pos.smoothed, dev_pos.times, d, refractory_s)]
+            [t for t, _ in decision.detect(dev_pos.smoothed, dev_pos.times, d, refractory_s)]
         )
         pos_v = _best_near(ver_pos.times, ver_pos.smoothed, ev)
         span_best = np.zeros(len(spans))
@@ -478,7 +478,7 @@ def cascade(
         }
     op = pts[(pts[:, 0] == device_threshold) & (pts[:, 1] == verifier_threshold)][0]
     n_fa = round(op[2] * hours)
-    from pipeline_lib import metrics
+    from pipeline_lib.detect import metrics
 
     k = round((1 - op[3]) * len(spans))
     lo, hi = metrics.wilson(k, len(spans))
@@ -517,7 +517,8 @@ def figures(
     refractory_s: float,
     window_s: float,
 ) -> dict[str, Any]:
-    from pipeline_lib import detector, evaluate, metrics
+    from pipeline_lib.detect import decision, metrics
+    from pipeline_lib.stages import evaluate
 
     tol = 0.5
     curve = evaluate.sweep(recs, pos, spans, refractory_s, window_s, tol, points=600)
@@ -526,7 +527,7 @@ def figures(
         [r.scored.smoothed for r in recs], [r.scored.times for r in recs], threshold, refractory_s
     )
     ev = metrics.match_events(
-        detector.detect(pos.smoothed, pos.times, threshold, refractory_s), spans, window_s, tol
+        decision.detect(pos.smoothed, pos.times, threshold, refractory_s), spans, window_s, tol
     )
     k = int(ev.hits.sum())
     lo, hi = metrics.wilson(k, len(spans))
@@ -616,7 +617,7 @@ def main() -> None:
     refractory = float(raw["calibrate"]["refractory_s"])
     ver = verifier_alone(root, pos, streams, refractory)
     if ver is not None:
-        from pipeline_lib.streaming import Calibration
+        from pipeline_lib.detect.streaming import Calibration
 
         lenient = Calibration.load(root / "data" / "calibration" / "calibration.json", "lenient")
         head_thr = ver[0]["operating_point"]["threshold"]

@@ -26,13 +26,13 @@ import soundfile as sf
 import torch
 import yaml
 
-from pipeline_lib import features
-from pipeline_lib.modelio import ModelSpec
-from pipeline_lib.models import build, count_params_macs
-from pipeline_lib.parallel import pmap
-from pipeline_lib.params import parse_params
-from pipeline_lib.scorers import OnnxScorer, TorchScorer, export_onnx
-from pipeline_lib.streaming import Calibration, score_file
+from pipeline_lib.audio import features
+from pipeline_lib.base.parallel import pmap
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.models import build, count_params_macs
+from pipeline_lib.detect.runtimes import OnnxScorer, TorchScorer, export_onnx
+from pipeline_lib.detect.streaming import Calibration, score_file
 
 REPO = Path(__file__).resolve().parents[1]
 DSCNN = {"channels": 48, "stride": [4, 4]}
@@ -83,7 +83,7 @@ def _score_onnx(args: tuple[str, str, int]) -> float:
 
 
 def _score_torch(args: tuple[str, str, int]) -> float:
-    from pipeline_lib.modelio import load_model
+    from pipeline_lib.detect.checkpoint import load_model
 
     folder, audio, hop = args
     net, spec = load_model(Path(folder))
@@ -93,7 +93,7 @@ def _score_torch(args: tuple[str, str, int]) -> float:
 def bench(
     arch: str, options: dict[str, Any], files: list[Path], workers: int, hop: int, tmp: Path
 ) -> dict[str, Any]:
-    from pipeline_lib.modelio import save_model
+    from pipeline_lib.detect.checkpoint import save_model
 
     net, spec = _spec(arch, options)
     folder = tmp / f"{arch}-model"

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from pipeline_lib.audio import read_audio, resample
+from pipeline_lib.audio.io import read_audio, resample
 
 REPO = Path(__file__).resolve().parents[1]
 BOMB_EVERY = 10  # one uploader in ten sends the multi-channel bomb
@@ -331,7 +331,7 @@ def chirp_project() -> tuple[Path, Path]:
 
     import yaml
 
-    from pipeline_lib.params import parse_params
+    from pipeline_lib.base.params import parse_params
 
     sys.path.insert(0, str(REPO))
     chirp_model = importlib.import_module("tests.chirp_model")  # test code: not type-checked

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline_lib import features
-from pipeline_lib.models import ZOO, build, count_params_macs
-from pipeline_lib.params import parse_params
+from pipeline_lib.audio import features
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect.models import ZOO, build, count_params_macs
 
 REPO = Path(__file__).resolve().parents[1]
 

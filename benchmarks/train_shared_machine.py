@@ -30,10 +30,10 @@ CHILD = r"""
 import json, os, sys, time
 sizing, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if sizing == "soundops":
-    from pipeline_lib import threads
+    from pipeline_lib.base import threads
     threads.apply(threads.resolve(0))
 import torch, yaml
-from pipeline_lib.models import build
+from pipeline_lib.detect.models import build
 raw = yaml.safe_load(open(sys.argv[4], encoding="utf-8"))
 model = build(raw["model"]["arch"], 2, 148, 40, **raw["model"]["options"]).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -14,9 +14,9 @@ from typing import Any
 from prefect import flow
 
 from flows.outcome import failed_on_user_error
-from pipeline_lib.params import load_params
-from pipeline_lib.project_lock import project_lock
-from pipeline_lib.tracking import (
+from pipeline_lib.base.params import load_params
+from pipeline_lib.release.project_lock import project_lock
+from pipeline_lib.release.tracking import (
     configure,
     data_version,
     flatten_params,

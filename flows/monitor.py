@@ -16,11 +16,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from flows.outcome import failed_on_user_error
-from pipeline_lib import registry
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.monitor import field_folder, regression, score_field
-from pipeline_lib.params import load_params
-from pipeline_lib.tracking import configure
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import load_params
+from pipeline_lib.release import registry
+from pipeline_lib.release.monitor import field_folder, regression, score_field
+from pipeline_lib.release.tracking import configure
 
 EVENT = "soundops.fah.regression"
 RETRAIN_DEPLOYMENT = "retrain/soundops-retrain"

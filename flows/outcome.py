@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.states import Failed
 
-from pipeline_lib.errors import SoundopsError
+from pipeline_lib.base.errors import SoundopsError
 
 
 def failed_on_user_error(body: Callable[..., dict[str, Any]], *args: Any) -> Any:

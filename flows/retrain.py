@@ -14,11 +14,11 @@ from prefect import flow, get_run_logger
 
 from flows.build import log_params_and_version, run_stages
 from flows.outcome import failed_on_user_error
-from pipeline_lib import registry
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.params import load_params
-from pipeline_lib.project_lock import project_lock
-from pipeline_lib.tracking import configure, git_commit
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import load_params
+from pipeline_lib.release import registry
+from pipeline_lib.release.project_lock import project_lock
+from pipeline_lib.release.tracking import configure, git_commit
 from tasks.registry import accept_mined, register_version
 from tasks.stages import push, run_stage
 

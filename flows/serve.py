@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.params import Params
-from pipeline_lib.tracking import STATE_DIR
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import Params
+from pipeline_lib.release.tracking import STATE_DIR
 
 log = logging.getLogger(__name__)
 

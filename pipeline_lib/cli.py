@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline_lib.errors import SoundopsError
+from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.stages import STAGES, run_stage
 
 if TYPE_CHECKING:
     from prefect import State
 
-    from pipeline_lib.params import Params
+    from pipeline_lib.base.params import Params
 
 app = typer.Typer(
     add_completion=False,
@@ -79,7 +79,9 @@ def stage(
     if name not in STAGES:
         _fail(SoundopsError(f"stage '{name}' does not exist; expected one of {', '.join(STAGES)}."))
     try:
-        run_stage(name, root.resolve())
+        from pipeline_lib.release.tracking import epoch_logger
+
+        run_stage(name, root.resolve(), epoch_logger() if name == "train" else None)
     except SoundopsError as exc:
         _fail(exc)
 
@@ -87,13 +89,24 @@ def stage(
 @params_app.command("check")
 def params_check(root: ROOT_OPT = Path()) -> None:
     """Validate params.yaml against the pydantic model and print a summary."""
-    from pipeline_lib.params import load_params
+    from pipeline_lib.base.params import load_params
 
     try:
         params = load_params(root.resolve() / "params.yaml")
     except SoundopsError as exc:
         _fail(exc)
         return
+    from pipeline_lib.base.dvc_graph import uncovered_path_params
+
+    if (root / "dvc.yaml").is_file():
+        try:
+            uncovered = uncovered_path_params(root.resolve(), params)
+        except SoundopsError as exc:
+            _fail(exc)
+            return
+        if uncovered:
+            _fail(SoundopsError(" ".join(uncovered)))
+            return
     table = Table(title="params.yaml is valid", show_header=True)
     table.add_column("key")
     table.add_column("value")
@@ -131,7 +144,7 @@ def score(
     workers: Annotated[int, typer.Option(help="Processes over files; 0 = one per core.")] = 0,
 ) -> None:
     """Per-window scores and detected events of audio files, with the streaming detector."""
-    from pipeline_lib.scoring import score_files
+    from pipeline_lib.detect.file_scores import score_files
 
     if fmt not in ("csv", "json"):
         _fail(SoundopsError(f"--format: expected csv or json, got '{fmt}'."))
@@ -163,8 +176,8 @@ def export_onnx_cmd(
     """Export a model folder to FP32 ONNX (spec and calibration in its metadata)."""
     import json
 
-    from pipeline_lib.modelio import load_model
-    from pipeline_lib.scorers import export_onnx
+    from pipeline_lib.detect.checkpoint import load_model
+    from pipeline_lib.detect.runtimes import export_onnx
 
     try:
         net, spec = load_model(model)
@@ -187,9 +200,9 @@ def mine_accept(
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the folder.")] = False,
 ) -> None:
     """Copy mined candidates into the hard-negative source and track it with DVC."""
-    from pipeline_lib.layout import Layout
-    from pipeline_lib.mine import accept
-    from pipeline_lib.params import load_params
+    from pipeline_lib.base.layout import Layout
+    from pipeline_lib.base.params import load_params
+    from pipeline_lib.release.accept import accept
 
     layout = Layout(root.resolve())
     try:
@@ -208,7 +221,7 @@ def _flow_env(root: Path) -> None:
     """Before Prefect or MLflow import: Prefect's home in the project (not ~/.prefect), a
     generous temporary-server start-up on small machines, no telemetry, and this
     interpreter's bin folder on PATH for the ``dvc`` the tasks call."""
-    from pipeline_lib.tracking import STATE_DIR, quiet_env
+    from pipeline_lib.release.tracking import STATE_DIR, quiet_env
 
     os.environ.setdefault("PREFECT_HOME", str(root / STATE_DIR / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
@@ -220,7 +233,7 @@ def _flow_env(root: Path) -> None:
 
 
 def _load(root: Path) -> tuple[Path, Params]:
-    from pipeline_lib.params import load_params
+    from pipeline_lib.base.params import load_params
 
     project = root.resolve()
     params = load_params(project / "params.yaml")
@@ -228,7 +241,7 @@ def _load(root: Path) -> tuple[Path, Params]:
 
 
 def _where_to_look(project: Path, params: Params) -> list[str]:
-    from pipeline_lib.tracking import redact_uri, tracking_uri
+    from pipeline_lib.release.tracking import redact_uri, tracking_uri
 
     uri = redact_uri(tracking_uri(project, params))
     shown = uri.replace(f"sqlite:///{project}/", "sqlite:///")
@@ -246,7 +259,7 @@ def run_flow(
     channel: Annotated[str, typer.Option(help="monitor: the channel to check.")] = "edge",
 ) -> None:
     """Run a Prefect flow now (a temporary Prefect server unless PREFECT_API_URL is set)."""
-    from pipeline_lib.project_lock import project_lock
+    from pipeline_lib.release.project_lock import project_lock
 
     if flow not in FLOWS:
         _fail(SoundopsError(f"flow '{flow}' does not exist; expected one of {', '.join(FLOWS)}."))
@@ -301,8 +314,8 @@ def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None
     if result.get("flow") == "retrain" and not result.get("retrained"):
         out.print(f"retrain: nothing retrained ({result['why']})")
     if "version" in result and result.get("flow") != "monitor":
-        from pipeline_lib import registry
-        from pipeline_lib.tracking import configure
+        from pipeline_lib.release import registry
+        from pipeline_lib.release.tracking import configure
 
         configure(project, params)
         v = registry.get_version(params, str(result["version"]))
@@ -358,7 +371,7 @@ def _registry_errors() -> tuple[type[Exception], ...]:
 
 
 def _registry(root: Path) -> tuple[Path, Params]:
-    from pipeline_lib.tracking import configure
+    from pipeline_lib.release.tracking import configure
 
     project, params = _load(root)
     configure(project, params)  # with MLflow's telemetry off (tracking.quiet_env)
@@ -368,7 +381,7 @@ def _registry(root: Path) -> tuple[Path, Params]:
 @models_app.command("list")
 def models_list(root: ROOT_OPT = Path()) -> None:
     """Every registered version with its channels and headline figures."""
-    from pipeline_lib import registry
+    from pipeline_lib.release import registry
 
     try:
         _, params = _registry(root)
@@ -412,7 +425,7 @@ def models_compare(
     root: ROOT_OPT = Path(),
 ) -> None:
     """Two versions side by side: figures, sizes, data version, evaluation audio."""
-    from pipeline_lib import registry
+    from pipeline_lib.release import registry
 
     try:
         _, params = _registry(root)
@@ -441,7 +454,7 @@ def models_promote(
     root: ROOT_OPT = Path(),
 ) -> None:
     """Move a channel to a version that passes release.gates and write its release bundle."""
-    from pipeline_lib import registry
+    from pipeline_lib.release import registry
 
     try:
         project, params = _registry(root)
@@ -460,7 +473,7 @@ def models_rollback(
     root: ROOT_OPT = Path(),
 ) -> None:
     """Put a channel back on the version it held before its last promotion."""
-    from pipeline_lib import registry
+    from pipeline_lib.release import registry
 
     try:
         project, params = _registry(root)
@@ -515,7 +528,7 @@ def serve_model(
     every user). Stop with Ctrl-C."""
     import pydantic
 
-    from pipeline_lib.params import ServiceParams
+    from pipeline_lib.base.params import ServiceParams
 
     def service_token() -> str | None:
         """The token from --token-file or SOUNDOPS_SERVICE_TOKEN (empty is unset), with
@@ -571,8 +584,8 @@ def serve_model(
             )
         import uvicorn
 
-        from pipeline_lib.service_app import ENV_CONFIG, TimedH11Protocol
-        from pipeline_lib.serving import Models
+        from pipeline_lib.serve.app import ENV_CONFIG, TimedH11Protocol
+        from pipeline_lib.serve.models import Models
 
         models = Models(project, params, service)
         ref, model = models.get(None)  # an unknown alias fails here, not at the first request
@@ -588,7 +601,7 @@ def serve_model(
         {"root": str(project), "service": service.model_dump(), "token": token}
     )
     uvicorn.run(
-        "pipeline_lib.service_app:from_environment",
+        "pipeline_lib.serve.app:from_environment",
         factory=True,
         host=service.host,
         port=service.port,

@@ -9,10 +9,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline_lib import registry
-from pipeline_lib.layout import Layout
-from pipeline_lib.mine import accept
-from pipeline_lib.params import load_params
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import load_params
+from pipeline_lib.release import registry
+from pipeline_lib.release.accept import accept
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -19,8 +19,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.tracking import log_stage, quiet_env
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.release.tracking import log_stage, quiet_env
 
 TRANSIENT = ("Unable to acquire lock", "is busy, retry")
 

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline_lib import quantize
-from pipeline_lib.modelio import ModelSpec
-from pipeline_lib.models import build, count_params_macs
-from pipeline_lib.params import Params
-from pipeline_lib.scorers import CALIBRATION_KEY, SPEC_KEY
-from pipeline_lib.streaming import FrontEnd
-from pipeline_lib.tflm import measure_arena
+from pipeline_lib.base.params import Params
+from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.models import build, count_params_macs
+from pipeline_lib.detect.runtimes import CALIBRATION_KEY, SPEC_KEY
+from pipeline_lib.detect.streaming import FrontEnd
+from pipeline_lib.detect.tflm import measure_arena
+from pipeline_lib.stages.export import quantize
 from tests.conftest import shipped_params
 
 RATE = 16000
@@ -72,7 +72,7 @@ def train(seed: int = 0) -> tuple[nn.Module, ModelSpec, np.ndarray]:
     decoys = [float(t) for t in times[1::2]]
     audio = scene(seconds, chirps, seed, decoys)
 
-    from pipeline_lib.params import FeatureParams
+    from pipeline_lib.base.params import FeatureParams
 
     cfg = FeatureParams.model_validate(feats_cfg)
     frames_all = FrontEnd(cfg, RATE).push(audio)
@@ -162,7 +162,7 @@ def publish(root: Path, params: Params, folder: Path, aliases: tuple[str, ...] =
     import onnx
     from mlflow import MlflowClient
 
-    from pipeline_lib.tracking import configure
+    from pipeline_lib.release.tracking import configure
 
     configure(root, params)
     with mlflow.start_run() as run:

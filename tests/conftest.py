@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params, parse_params
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,8 @@ def tiny_model(folder: Path, front_end: str = "micro", seed: int = 0) -> Path:
     deterministic, which is all the streaming and scoring tests need."""
     import torch
 
-    from pipeline_lib.modelio import ModelSpec, save_model
-    from pipeline_lib.models import build, count_params_macs
+    from pipeline_lib.detect.checkpoint import ModelSpec, save_model
+    from pipeline_lib.detect.models import build, count_params_macs
 
     raw = shipped_params()
     feats = dict(raw["features"]) | {"front_end": front_end, "window_s": 0.5}

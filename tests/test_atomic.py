@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_lib.atomic import atomic_path, write_text
+from pipeline_lib.base.atomic import atomic_path, write_text
 
 
 def test_failure_leaves_old_directory_untouched(tmp_path: Path) -> None:

@@ -20,14 +20,15 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline_lib import registry, threads
-from pipeline_lib.atomic import atomic_path
-from pipeline_lib.errors import GateError, ParamsError, SoundopsError
-from pipeline_lib.ingest import run_ingest
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params, parse_params
-from pipeline_lib.split import run_split
-from pipeline_lib.tracking import flatten_params, redact_uri
+from pipeline_lib.base import threads
+from pipeline_lib.base.atomic import atomic_path
+from pipeline_lib.base.errors import GateError, ParamsError, SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params, parse_params
+from pipeline_lib.release import registry
+from pipeline_lib.release.tracking import flatten_params, redact_uri
+from pipeline_lib.stages.ingest import run_ingest
+from pipeline_lib.stages.split import run_split
 from tests.conftest import calibration_dict, shipped_params, tiny_model, tone, write_audio
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]
@@ -324,7 +325,7 @@ def test_bundles_are_checked_against_the_registry_digests(
     blob[len(blob) // 2] ^= 0xFF
     (cached / "model_int8.tflite").write_bytes(bytes(blob))  # a changed byte in the cache
     _, bundle = registry.promote(params, str(version), "edge", root)
-    from pipeline_lib.device import sha256
+    from pipeline_lib.base.atomic import sha256
 
     assert f"{registry.DIGEST_TAG}model_int8.tflite" in v.tags
     assert sha256(bundle / "model_int8.tflite") == want[f"{registry.DIGEST_TAG}model_int8.tflite"]

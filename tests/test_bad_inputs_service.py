@@ -23,8 +23,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline_lib.params import parse_params
-from pipeline_lib.service_app import CROSS_ORIGIN
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.serve.app import CROSS_ORIGIN
 from tests import chirp_model
 from tests.conftest import shipped_params
 
@@ -376,7 +376,7 @@ def test_a_blank_token_and_a_token_on_the_command_line_are_refused(
 
 def test_the_budget_is_in_the_decoder_too() -> None:
     """decode_upload alone (no HTTP): frames x channels is bounded before decoding."""
-    from pipeline_lib.serving import TooLongError, decode_upload
+    from pipeline_lib.serve.models import TooLongError, decode_upload
 
     buf = io.BytesIO()
     sf.write(buf, np.zeros((16000, 4), dtype=np.int16), 16000, format="WAV")

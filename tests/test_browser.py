@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline_lib.params import parse_params
+from pipeline_lib.base.params import parse_params
 from tests import chirp_model
 from tests.conftest import shipped_params
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline_lib import detector
-from pipeline_lib.calibrate import (
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect import decision
+from pipeline_lib.detect.calibration import fit_temperature, reliability
+from pipeline_lib.detect.positives import (
     PositiveStream,
     SplitAudio,
     StreamScores,
-    choose_rule,
-    fit_temperature,
     insert_positives,
     recall_on,
-    reliability,
 )
-from pipeline_lib.params import parse_params
+from pipeline_lib.stages.calibrate import choose_rule
 from tests.conftest import shipped_params
 
 HOP_S = 0.1
@@ -30,15 +29,15 @@ def test_bursts_count_once_each() -> None:
     s = np.zeros(36000)  # one hour at a 0.1 s hop
     for start in (1000, 5000, 20000):  # three separate bursts: three false alarms
         s[start : start + 5] = 0.9
-    assert len(detector.detect(s, _times(s.size), 0.5, 2.0)) == 3
+    assert len(decision.detect(s, _times(s.size), 0.5, 2.0)) == 3
     long = np.zeros(36000)
     long[1000:1015] = 0.9  # one 1.5 s burst, inside the refractory time: one false alarm
-    assert len(detector.detect(long, _times(long.size), 0.5, 2.0)) == 1
+    assert len(decision.detect(long, _times(long.size), 0.5, 2.0)) == 1
 
 
 def test_smoothing_is_causal() -> None:
     s = np.array([0, 0, 1, 1, 1, 0], float)
-    assert detector.smooth(s, 3).tolist() == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 2 / 3])
+    assert decision.smooth(s, 3).tolist() == pytest.approx([0, 0, 1 / 3, 2 / 3, 1, 2 / 3])
 
 
 def _constructed(seed: int) -> SplitAudio:
@@ -71,8 +70,8 @@ def test_chosen_rule_meets_its_fah_target(target: float) -> None:
     assert rule["fah"] <= target
     fa = sum(
         len(
-            detector.detect(
-                detector.smooth(s, rule["smoothing"]), t, rule["threshold"], cal.refractory_s
+            decision.detect(
+                decision.smooth(s, rule["smoothing"]), t, rule["threshold"], cal.refractory_s
             )
         )
         for s, t in zip(audio.background.scores, audio.background.times, strict=True)

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.cli import app
-from pipeline_lib.layout import Layout
 from pipeline_lib.stages import STAGES
 from tests.conftest import REPO
 

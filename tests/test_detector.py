@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline_lib import detector, metrics
-from pipeline_lib.detector import EventState
+from pipeline_lib.detect import decision, metrics
+from pipeline_lib.detect.decision import EventState
 
 HOP_S = 0.1
 HOUR = 36000  # windows in one hour at a 0.1 s hop
@@ -19,7 +19,7 @@ def test_three_separate_bursts_in_an_hour_are_three_false_alarms() -> None:
     s = np.zeros(HOUR)
     for start in (1000, 9000, 30000):
         s[start : start + 4] = 0.9
-    events = detector.detect(s, _times(HOUR), 0.5, 2.0)
+    events = decision.detect(s, _times(HOUR), 0.5, 2.0)
     assert [round(t, 1) for t, _ in events] == [100.1, 900.1, 3000.1]
     assert metrics.fah(len(events), 1.0)["fah"] == 3.0
 
@@ -27,13 +27,13 @@ def test_three_separate_bursts_in_an_hour_are_three_false_alarms() -> None:
 def test_one_long_burst_is_one_false_alarm() -> None:
     s = np.zeros(HOUR)
     s[5000:5600] = 0.95  # a minute above threshold: thirty refractory times, one event
-    assert len(detector.detect(s, _times(HOUR), 0.5, 2.0)) == 1
+    assert len(decision.detect(s, _times(HOUR), 0.5, 2.0)) == 1
 
 
 def test_a_crossing_inside_the_refractory_time_is_not_an_event() -> None:
     s = np.zeros(200)
     s[[10, 20, 60]] = 0.9  # 1 s after the first, then 5 s after it
-    events = detector.detect(s, _times(200), 0.5, 2.0)
+    events = decision.detect(s, _times(200), 0.5, 2.0)
     assert [round(t, 1) for t, _ in events] == [1.1, 6.1]
 
 
@@ -41,11 +41,11 @@ def test_state_carries_across_pieces() -> None:
     rng = np.random.default_rng(3)
     s = (rng.random(5000) > 0.97).astype(float) * rng.uniform(0.5, 1.0, 5000)
     t = _times(s.size)
-    whole = detector.detect(s, t, 0.6, 2.0)
+    whole = decision.detect(s, t, 0.6, 2.0)
     state, pieces = EventState(), []
     edges = np.sort(rng.choice(np.arange(1, s.size), 40, replace=False))
     for a, b in zip(np.r_[0, edges], np.r_[edges, s.size], strict=True):
-        pieces += detector.events_from(s[a:b], t[a:b], 0.6, 2.0, state)
+        pieces += decision.events_from(s[a:b], t[a:b], 0.6, 2.0, state)
     assert pieces == whole and len(whole) > 10
 
 
@@ -55,9 +55,9 @@ def test_an_upper_bound_calibration_leaves_margin_for_unseen_audio() -> None:
     scores = np.full(times.size, 0.05)
     for start, peak in ((1000, 0.6), (12000, 0.7), (24000, 0.8)):
         scores[start : start + 5] = peak
-    loose = detector.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0)
-    tight = detector.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0, confidence=0.5)
+    loose = decision.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0)
+    tight = decision.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0, confidence=0.5)
     assert 0.7 <= loose < 0.8  # one false alarm in one hour meets a 1.0 target ...
     assert tight >= 0.8  # ... but its median upper bound (1.68/h) does not: none may fire
-    assert abs(detector.fah_bound(0, 1.0, 0.5) - np.log(2)) < 1e-9
-    assert detector.fah_bound(3, 2.0, 0.0) == 1.5
+    assert abs(decision.fah_bound(0, 1.0, 0.5) - np.log(2)) < 1e-9
+    assert decision.fah_bound(3, 2.0, 0.0) == 1.5

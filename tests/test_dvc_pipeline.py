@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_lib.layout import Layout
+from pipeline_lib.base.layout import Layout
 from tests.conftest import REPO, shipped_params
 from tests.test_generate import tiny_demo
 
@@ -189,3 +189,82 @@ def test_mine_accept_then_repro_trains_on_hard_negatives(project: Project) -> No
     assert len(hard) == len(mined) and set(hard["label"]) == {"confusable"}
     split = pd.read_csv(layout.assignment, dtype=str).set_index("id")["split"]
     assert set(split[hard["id"]]) == {"train"}  # mined audio never lands in val or test
+
+
+class Reads:
+    """A params object that records every key read through it (``section.key...``): a
+    sub-model read as a whole (a method called on it, or passed on) counts as its key."""
+
+    def __init__(self, obj: Any, key: str, seen: set[str]) -> None:
+        self._obj, self._key, self._seen = obj, key, seen
+
+    def __getattr__(self, name: str) -> Any:
+        from pydantic import BaseModel
+
+        value = getattr(self._obj, name)
+        fields = type(self._obj).model_fields
+        if name not in fields:  # a method or property: reads the whole model
+            self._seen.add(self._key or "*")
+            return value
+        spelled = fields[name].alias or name  # params.yaml's key: `validate`, not `validate_`
+        key = f"{self._key}.{spelled}" if self._key else spelled
+        if isinstance(value, BaseModel):
+            return Reads(value, key, self._seen)
+        self._seen.add(key)
+        return value
+
+
+# Keys a stage lists but reads only when an option the default project leaves off is on:
+# listing them keeps the stage rerunning when they change under that option.
+CONDITIONAL = {
+    "train": {  # read only with train.early_stop: recall_at_fah
+        "calibrate.preset": "early stop on recall at a FAH",
+        "calibrate.presets": "early stop on recall at a FAH",
+        "calibrate.hop_s": "early stop on recall at a FAH",
+        "calibrate.refractory_s": "early stop on recall at a FAH",
+    },
+    "verifier": {  # the stage writes an empty record when verifier.enabled is false
+        "seed": "verifier.enabled",
+        "task": "verifier.enabled",
+        "calibrate.refractory_s": "verifier.enabled",
+        "calibrate.fah_confidence": "verifier.enabled",
+    },
+}
+
+
+def _covers(listed: str, read: str) -> bool:
+    return read == listed or read.startswith(f"{listed}.")
+
+
+def test_each_stage_reads_exactly_the_params_it_lists(project: Project, tmp_path: Path) -> None:
+    """Every params key a stage reads is listed in its ``params`` (``runtime`` is not a DVC
+    param), and every listed key is read: each stage run in-process on a copy of the
+    built project, through a params object that records what it is asked for."""
+    from pipeline_lib.base.params import load_params
+    from pipeline_lib.stages import STAGES
+
+    project.repro()
+    root = tmp_path / "copy"
+    shutil.copytree(project.root, root, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    raw = yaml.safe_load((root / "params.yaml").read_text("utf-8"))
+    raw["runtime"]["workers"] = 1  # one process: reads in pool workers would go unrecorded
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text("utf-8"))["stages"]
+    problems = []
+    for name in ALL:
+        seen: set[str] = set()
+        STAGES[name](Reads(load_params(root / "params.yaml"), "", seen), Layout(root))
+        read = {k for k in seen if k.split(".")[0] != "runtime"}
+        listed = [str(k) for k in spec[name].get("params") or []]
+        missed = sorted(r for r in read if not any(_covers(k, r) for k in listed))
+        unread = sorted(
+            k
+            for k in listed
+            if not any(_covers(k, r) or _covers(r, k) for r in read)
+            and k not in CONDITIONAL.get(name, {})
+        )
+        if missed:
+            problems.append(f"{name} reads {', '.join(missed)} but dvc.yaml does not list it")
+        if unread:
+            problems.append(f"{name} lists {', '.join(unread)} but never reads it")
+    assert not problems, "\n".join(problems)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.audio import resample
-from pipeline_lib.tts import RATE as TTS_RATE
-from pipeline_lib.tts import SpeechSession
+from pipeline_lib.audio.io import resample
+from pipeline_lib.stages.generate.tts import RATE as TTS_RATE
+from pipeline_lib.stages.generate.tts import SpeechSession
 from tests.conftest import write_audio
 
 SOUNDOPS = str(Path(sys.executable).parent / "soundops")

@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.errors import ParamsError, SoundopsError
-from pipeline_lib.evaluate import (
+from pipeline_lib.base.errors import ParamsError, SoundopsError
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect.runtimes import load_scorer
+from pipeline_lib.detect.streaming import Calibration, Scored
+from pipeline_lib.stages.evaluate import (
     Recording,
     _extra_clips,
     _extra_streams,
@@ -19,9 +22,6 @@ from pipeline_lib.evaluate import (
     headline,
     sweep,
 )
-from pipeline_lib.params import parse_params
-from pipeline_lib.scorers import load_scorer
-from pipeline_lib.streaming import Calibration, Scored
 from tests.conftest import calibration_dict, tiny_model, tone, write_audio
 
 HOP = 0.1

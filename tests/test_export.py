@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline_lib import device, quantize
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.export import _gate_failures
-from pipeline_lib.modelio import ModelSpec
-from pipeline_lib.models import build, count_params_macs
-from pipeline_lib.params import McuTarget, parse_params
-from pipeline_lib.scorers import SPEC_KEY, OnnxScorer, load_scorer
-from pipeline_lib.streaming import Calibration
-from pipeline_lib.tflm import TflmScorer, measure_arena
+from pipeline_lib.artifacts.parity_gates import parity_gate_failures
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import McuTarget, parse_params
+from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.models import build, count_params_macs
+from pipeline_lib.detect.runtimes import SPEC_KEY, OnnxScorer, load_scorer
+from pipeline_lib.detect.streaming import Calibration
+from pipeline_lib.detect.tflm import TflmScorer, measure_arena
+from pipeline_lib.stages.export import bundle, quantize
 from tests.conftest import calibration_dict, shipped_params
 
 FRAMES, BINS = 48, 20
@@ -104,7 +104,7 @@ def test_tflm_matches_onnxruntime_int8_within_one_step(
     with pytest.raises(SoundopsError, match=r"needs the device_manifest\.json"):
         load_scorer(tfl)
     cal = Calibration.from_dict(calibration_dict())
-    manifest = device.manifest(spec, cal, io, arena, {"tflite_int8": tfl})
+    manifest = bundle.manifest(spec, cal, io, arena, {"tflite_int8": tfl})
     (tmp_path / "device_manifest.json").write_text(json.dumps(manifest))
     scorer = load_scorer(tfl)
     assert isinstance(scorer, TflmScorer) and scorer.calibration == cal.raw
@@ -127,7 +127,7 @@ def _spec_json(spec: ModelSpec) -> str:
 def test_c_array_holds_the_model_bytes_aligned(tmp_path: Path) -> None:
     blob = tmp_path / "m.tflite"
     blob.write_bytes(bytes(range(256)) * 3 + b"\x07")
-    device.c_array(blob, tmp_path / "model_data.h", tmp_path / "model_data.cc")
+    bundle.c_array(blob, tmp_path / "model_data.h", tmp_path / "model_data.cc")
     src = (tmp_path / "model_data.cc").read_text()
     assert "alignas(16) const unsigned char soundops_model[]" in src
     values = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", src))
@@ -157,7 +157,7 @@ def test_budgets_give_a_verdict_per_target() -> None:
             flash_budget_kb=256,
         ),
     ]
-    rows = device.budgets(targets, 30_000, 30_000, 5_920, 4_000_000, 0.1)
+    rows = bundle.budgets(targets, 30_000, 30_000, 5_920, 4_000_000, 0.1)
     big, small = rows
     assert big["fits"] and big["latency_ms_estimate"] == pytest.approx(16.67, abs=0.01)
     assert not small["fits"]
@@ -183,13 +183,13 @@ def test_gates_name_each_failed_figure() -> None:
     params = parse_params(shipped_params())
     ok = {"onnx_int8": _figures(), "tflm_int8": _figures()}
     steps = {"windows": 100, "max_steps": 3, "mean_steps": 0.6, "histogram": [50, 42, 6, 2]}
-    assert _gate_failures(params, ok, steps) == []
+    assert parity_gate_failures(params, ok, steps) == []
     bad = {
         "onnx_int8": _figures(fah=2.0, fah_increase=1.0),
         "tflm_int8": _figures(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
     }
     far = {"windows": 100, "max_steps": 11, "mean_steps": 8.2, "histogram": []}
-    failed = _gate_failures(params, bad, far)
+    failed = parity_gate_failures(params, bad, far)
     assert len(failed) == 4
     assert "onnx_int8 FAH 2.00 (95% lower bound 2.00) vs FP32 1.00" in failed[0]
     assert "max_fah_increase" in failed[0]
@@ -202,8 +202,8 @@ def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back()
     """The registry re-reads export's metrics from JSON, where an unmeasurable recall
     drop (no positives in a tiny split: NaN) is null; that must neither crash nor pass a
     figure that really failed."""
-    from pipeline_lib.export import _gate_failures
-    from pipeline_lib.params import parse_params
+    from pipeline_lib.artifacts.parity_gates import parity_gate_failures
+    from pipeline_lib.base.params import parse_params
     from tests.conftest import shipped_params
 
     params = parse_params(shipped_params())
@@ -212,9 +212,9 @@ def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back()
         "fp32_recall": None, "recall_drop": None, "decision_agreement": 1.0,
     }  # fmt: skip
     steps = {"mean_steps": 0.0, "max_steps": 0, "windows": 10}
-    assert _gate_failures(params, {"onnx": runtime}, steps) == []
+    assert parity_gate_failures(params, {"onnx": runtime}, steps) == []
     worse = runtime | {"fah_increase": 5.0, "fah": 6.0, "fah_lo": 3.0}
-    assert "max_fah_increase" in _gate_failures(params, {"onnx": worse}, steps)[0]
+    assert "max_fah_increase" in parity_gate_failures(params, {"onnx": worse}, steps)[0]
     # one extra false alarm in 10 minutes: 6 FAH, but its lower bound (0.15) is chance
     chance = runtime | {"fah_increase": 6.0, "fah": 6.0, "fah_lo": 0.15, "fp32_fah": 0.0}
-    assert _gate_failures(params, {"tflm_int8": chance}, steps) == []
+    assert parity_gate_failures(params, {"tflm_int8": chance}, steps) == []

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pymicro_features import MicroFrontend
 
-from pipeline_lib import features
-from pipeline_lib.params import parse_params
+from pipeline_lib.audio import features
+from pipeline_lib.base.params import parse_params
 from tests.conftest import tone
 
 

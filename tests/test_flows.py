@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from pipeline_lib import registry
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.monitor import regression
-from pipeline_lib.params import parse_params
-from pipeline_lib.tracking import configure
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.release import registry
+from pipeline_lib.release.monitor import regression
+from pipeline_lib.release.tracking import configure
 from tests.conftest import shipped_params
 from tests.test_dvc_pipeline import Project, init_project, tiny
 
@@ -240,11 +240,11 @@ def test_params_check_names_a_compare_point_evaluate_does_not_measure() -> None:
 def test_project_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path: Path) -> None:
     import sys
 
-    from pipeline_lib.project_lock import project_lock
+    from pipeline_lib.release.project_lock import project_lock
 
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from pipeline_lib.project_lock import project_lock\n"
+        "from pipeline_lib.release.project_lock import project_lock\n"
         "with project_lock(Path(sys.argv[1]), 'retrain'):\n"
         "    print('held', flush=True); time.sleep(30)\n"
     )

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.generate.corpus import generate_corpus
-from pipeline_lib.generate.phrases import confusables
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import parse_params
-from pipeline_lib.tts import SpeechSession
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.stages.generate.corpus import generate_corpus
+from pipeline_lib.stages.generate.phrases import confusables
+from pipeline_lib.stages.generate.tts import SpeechSession
 
 
 def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def test_unknown_voice_is_named(tmp_path: Path, raw_params: dict[str, Any]) -> N
 
 
 def test_dictionary_confusables_sound_near_but_never_hold_the_phrase() -> None:
-    from pipeline_lib.generate import confusables as cmu
+    from pipeline_lib.stages.generate import confusables as cmu
 
     with SpeechSession() as session:
         found = confusables("alexa", [], session, dictionary="cmudict", per_word=30, min_phones=2)
@@ -148,7 +148,7 @@ def test_a_word_outside_the_dictionary_falls_back_to_the_lexicon() -> None:
 
 
 def test_piper_voice_is_a_function_of_its_generator() -> None:
-    from pipeline_lib.generate.piper_voice import RATE, PiperSpeaker, Rendition
+    from pipeline_lib.stages.generate.piper_voice import RATE, PiperSpeaker, Rendition
 
     how = Rendition(length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8)
     speaker = PiperSpeaker()
@@ -164,7 +164,7 @@ def test_piper_voice_is_a_function_of_its_generator() -> None:
 
 
 def test_kokoro_speakers_are_fixed_mixes_and_pure_functions() -> None:
-    from pipeline_lib.generate import kokoro_voice
+    from pipeline_lib.stages.generate import kokoro_voice
 
     ipa = "h\u0259l\u02c8o\u028a \u00f0\u02c8\u025b\u0279"  # "hello there", espeak IPA
     first = kokoro_voice.speak(ipa, 3, 1.0, 22050)
@@ -212,7 +212,7 @@ def test_unknown_accent_voice_is_named(tmp_path: Path, raw_params: dict[str, Any
 
 
 def test_every_noise_kind_is_finite_unit_rms_and_deterministic() -> None:
-    from pipeline_lib.generate import noise as nz
+    from pipeline_lib.stages.generate import noise as nz
 
     rate, n = 22050, 22050
     for kind in nz.NOISE_KINDS:

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.ingest import run_ingest
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params
+from pipeline_lib.stages.ingest import run_ingest
 from tests.conftest import tone, write_audio
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline_lib import metrics
+from pipeline_lib.detect import metrics
 
 
 def test_poisson_interval_matches_the_exact_tables() -> None:

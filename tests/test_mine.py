@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.layout import Layout
-from pipeline_lib.mine import CANDIDATES, accept, dedupe, runs_above
-from pipeline_lib.params import Params
-from pipeline_lib.sources import list_source
+from pipeline_lib.artifacts.mined import CANDIDATES
+from pipeline_lib.audio.sources import list_source
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params
+from pipeline_lib.release.accept import accept
+from pipeline_lib.stages.mine import dedupe, runs_above
 from tests.conftest import tone, write_audio
 
 Make = Callable[[dict[str, Any]], tuple[Params, Layout]]

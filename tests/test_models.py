@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline_lib.models import ZOO, build, count_params_macs
+from pipeline_lib.detect.models import ZOO, build, count_params_macs
 
 
 @pytest.mark.parametrize("arch", list(ZOO))

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pipeline_lib.base.errors import ParamsError
+from pipeline_lib.base.params import load_params, parse_params
 from pipeline_lib.cli import app
-from pipeline_lib.errors import ParamsError
-from pipeline_lib.params import load_params, parse_params
 from tests.conftest import REPO
 
 

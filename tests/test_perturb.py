@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline_lib.generate import perturb
+from pipeline_lib.stages.generate import perturb
 
 RATE = 22050
 

@@ -20,10 +20,10 @@ import yaml
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from pipeline_lib.audio import resample
-from pipeline_lib.params import Params, ServiceParams, parse_params
-from pipeline_lib.service_app import create_app
-from pipeline_lib.serving import Models
+from pipeline_lib.audio.io import resample
+from pipeline_lib.base.params import Params, ServiceParams, parse_params
+from pipeline_lib.serve.app import create_app
+from pipeline_lib.serve.models import Models
 from tests import chirp_model
 from tests.conftest import shipped_params
 
@@ -227,7 +227,7 @@ def test_bad_streams_get_one_sentence_and_leave_a_good_stream_running(served: Se
 
 
 def test_speed_limit_is_a_bucket_that_waiting_does_not_fill(served: Served) -> None:
-    from pipeline_lib.serving import FrameError, StreamSession
+    from pipeline_lib.serve.models import FrameError, StreamSession
 
     model = Models(served.root, served.params, served.service()).get()[1]
     session = StreamSession(model, served.service(max_speed=2.0))
@@ -306,7 +306,7 @@ def test_token_guards_the_api_and_the_model_on_health(served: Served) -> None:
 
 
 def test_token_throttle_doubles_the_wait_and_forgets_a_right_token() -> None:
-    from pipeline_lib.serving import MAX_BACKOFF_S, TokenThrottle
+    from pipeline_lib.serve.models import MAX_BACKOFF_S, TokenThrottle
 
     now = [100.0]
     throttle = TokenThrottle(free=2, backoff_s=1.0, clock=lambda: now[0])

@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline_lib.params import parse_params
-from pipeline_lib.sources import list_source
-from pipeline_lib.sources.corpora import drone_group
+from pipeline_lib.audio.sources import list_source
+from pipeline_lib.audio.sources.corpora import drone_group
+from pipeline_lib.base.params import parse_params
 from tests.conftest import tone, write_audio
 
 LABELS = ["target", "confusable", "speech", "noise", "background"]

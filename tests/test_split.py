@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params, SplitParams
-from pipeline_lib.split import assign, run_split
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params, SplitParams
+from pipeline_lib.stages.split import assign, run_split
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]
 SPLIT = SplitParams(ratios={"train": 0.8, "val": 0.1, "test": 0.1}, salt="t")

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_lib import detector, features
-from pipeline_lib.audio import resample
-from pipeline_lib.modelio import load_model
-from pipeline_lib.scorers import OnnxScorer, TorchScorer, export_onnx, load_scorer
-from pipeline_lib.streaming import Calibration, Scored, StreamingDetector, score_file
+from pipeline_lib.audio import features
+from pipeline_lib.audio.io import resample
+from pipeline_lib.detect import decision
+from pipeline_lib.detect.checkpoint import load_model
+from pipeline_lib.detect.runtimes import OnnxScorer, TorchScorer, export_onnx, load_scorer
+from pipeline_lib.detect.streaming import Calibration, Scored, StreamingDetector, score_file
 from tests.conftest import calibration_dict, tiny_model, write_audio
 
 
@@ -30,8 +31,8 @@ def test_pieces_of_any_size_equal_the_whole(tmp_path: Path, front_end: str) -> N
     cal = Calibration.from_dict(calibration_dict(threshold=0.5))
     x = _audio(20.0)
     feats = features.compute(x, spec.feature_params, spec.rate)
-    lg, times = detector.window_logits(model, spec, feats, cal.rule.hop_frames)
-    whole = detector.event_probability(lg)
+    lg, times = decision.window_logits(model, spec, feats, cal.rule.hop_frames)
+    whole = decision.event_probability(lg)
     det = StreamingDetector(TorchScorer(model, spec), cal)
     rng = np.random.default_rng(1)
     parts, i = [], 0
@@ -43,8 +44,8 @@ def test_pieces_of_any_size_equal_the_whole(tmp_path: Path, front_end: str) -> N
     got = Scored.join(parts)
     assert got.times.tolist() == pytest.approx(times.tolist())
     assert got.scores == pytest.approx(whole, abs=1e-5)
-    assert got.smoothed == pytest.approx(detector.smooth(whole, 2), abs=1e-5)
-    expected = detector.detect(detector.smooth(whole, 2), times, 0.5, 2.0)
+    assert got.smoothed == pytest.approx(decision.smooth(whole, 2), abs=1e-5)
+    expected = decision.detect(decision.smooth(whole, 2), times, 0.5, 2.0)
     assert [t for t, _ in got.events] == [t for t, _ in expected]
 
 

@@ -19,10 +19,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline_lib.layout import Layout
-from pipeline_lib.modelio import load_model
-from pipeline_lib.params import parse_params
-from pipeline_lib.train import pauc, run_train
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import parse_params
+from pipeline_lib.detect.checkpoint import load_model
+from pipeline_lib.stages.train import pauc, run_train
 
 FRAMES, BINS = 148, 40
 

@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline_lib.atomic import write_csv
-from pipeline_lib.errors import GateError
-from pipeline_lib.ingest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params
-from pipeline_lib.validate import run_validate
+from pipeline_lib.base.atomic import write_csv
+from pipeline_lib.base.errors import GateError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params
+from pipeline_lib.stages.ingest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS
+from pipeline_lib.stages.validate import run_validate
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]
 

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline_lib import speech_embedding, verifier, verifier_model
-from pipeline_lib.errors import SoundopsError
-from pipeline_lib.layout import Layout
-from pipeline_lib.params import Params
-from pipeline_lib.speech_embedding import STEP_SAMPLES, SpeechEmbedder, span_samples
+from pipeline_lib.audio import speech_embedding
+from pipeline_lib.audio.speech_embedding import STEP_SAMPLES, SpeechEmbedder, span_samples
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
+from pipeline_lib.base.params import Params
+from pipeline_lib.detect import verifier_model
+from pipeline_lib.stages import verifier
 from tests.chirp_model import scene
 from tests.test_generate import tiny_demo
 
@@ -71,10 +73,10 @@ def test_head_round_trips_as_arrays_and_refuses_other_files(tmp_path: Path) -> N
 
 
 def _corpus(make_project: Project, raw: dict[str, Any], enabled: bool) -> tuple[Params, Layout]:
-    from pipeline_lib.generate.corpus import generate_corpus
-    from pipeline_lib.ingest import run_ingest
-    from pipeline_lib.split import run_split
-    from pipeline_lib.validate import run_validate
+    from pipeline_lib.stages.generate.corpus import generate_corpus
+    from pipeline_lib.stages.ingest import run_ingest
+    from pipeline_lib.stages.split import run_split
+    from pipeline_lib.stages.validate import run_validate
 
     raw = tiny_demo(raw, per_label=40)
     raw["generate"]["background"] |= {"train_minutes": 1.0, "val_minutes": 1.0, "test_minutes": 1.0}
@@ -111,7 +113,7 @@ def test_the_stage_learns_the_phrase_and_sets_its_threshold_on_validation_audio(
     assert summary["train"]["background_windows"] > 0
     # a clip of a target from the test split scores above one of its confusables
     frame = __import__("pandas").read_csv(layout.manifest)
-    from pipeline_lib.audio import read_audio
+    from pipeline_lib.audio.io import read_audio
 
     target = frame[frame["label"] == "target"]["path"].iloc[0]
     silence = np.zeros(8000, np.float32)  # shorter than a window: padded, scored once
@@ -139,9 +141,9 @@ def test_a_version_with_a_verifier_is_verified_by_it_on_the_service(
     import yaml
     from fastapi.testclient import TestClient
 
-    from pipeline_lib.params import parse_params
-    from pipeline_lib.service_app import create_app
-    from pipeline_lib.serving import Models
+    from pipeline_lib.base.params import parse_params
+    from pipeline_lib.serve.app import create_app
+    from pipeline_lib.serve.models import Models
     from tests import chirp_model
     from tests.conftest import shipped_params
     from tests.test_service import wav_bytes

@@ -1,0 +1,1 @@
+"""Detection: the decision rule, the streaming detector, model runtimes, metrics, the model zoo."""

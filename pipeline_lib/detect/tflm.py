@@ -1,0 +1,133 @@
+"""The INT8 TFLite model in TensorFlow Lite Micro's own interpreter (the ``tflite-micro``
+package): the kernels and memory planner the firmware links, run on the host.
+
+:class:`TflmScorer` does what the firmware does with a window of front-end output:
+normalise per bin, quantise with the input tensor's scale and zero point, invoke, and
+dequantise the int8 logits. :func:`measure_arena` reads the tensor arena the interpreter's
+recording allocator actually used, so the device manifest states a measured size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.detect.checkpoint import ModelSpec
+
+_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+@contextlib.contextmanager
+def capture_fd(fd: int) -> Iterator[list[str]]:
+    """Collect what C++ code writes to a file descriptor (TFLM's MicroPrintf goes to
+    stderr), restoring it afterwards."""
+    out: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _interpreter(path: Path, arena_size: int) -> Any:
+    from tflite_micro.python.tflite_micro import runtime
+
+    try:
+        return runtime.Interpreter.from_file(str(path), arena_size=int(arena_size))
+    except RuntimeError as exc:
+        raise SoundopsError(
+            f"{path}: TensorFlow Lite Micro cannot allocate it in {arena_size} bytes ({exc})."
+        ) from None
+
+
+def measure_arena(path: Path) -> int:
+    """Tensor arena bytes the TFLM recording allocator used for one invoke of ``path``.
+
+    The interpreter is created with a generous arena, run once, and its allocation record
+    read; the figure is then checked by running the model in an arena of exactly that size.
+    """
+    interp = _interpreter(path, 65536 + 10 * path.stat().st_size)  # generous, then measured
+    det = interp.get_input_details(0)
+    interp.set_input(np.zeros(det["shape"], det["dtype"]), 0)
+    interp.invoke()
+    with capture_fd(1) as out, capture_fd(2) as err:
+        interp.print_allocations()
+    text = out + err
+    match = _TOTAL.search("".join(text))
+    if match is None:
+        raise SoundopsError(f"{path}: TensorFlow Lite Micro printed no arena allocation total.")
+    used = int(match.group(1))
+    check = _interpreter(path, used)
+    check.set_input(np.zeros(det["shape"], det["dtype"]), 0)
+    check.invoke()
+    return used
+
+
+class TflmScorer:
+    """Windows of raw front-end output through the INT8 TFLite model in TFLM, one by one."""
+
+    def __init__(self, path: Path, spec: ModelSpec, arena_size: int) -> None:
+        self.spec, self.name = spec, f"tflm:{path.name}"
+        self.calibration: dict[str, Any] | None = None
+        self.interp = _interpreter(path, arena_size)
+        self.details = {
+            "input": self.interp.get_input_details(0),
+            "output": self.interp.get_output_details(0),
+        }
+        inp, out = self.details["input"], self.details["output"]
+        self.in_shape = tuple(int(v) for v in inp["shape"])
+        self.in_scale = float(inp["quantization_parameters"]["scales"][0])
+        self.in_zp = int(inp["quantization_parameters"]["zero_points"][0])
+        self.out_scale = float(out["quantization_parameters"]["scales"][0])
+        self.out_zp = int(out["quantization_parameters"]["zero_points"][0])
+        if inp["dtype"] is not np.int8 or out["dtype"] is not np.int8:
+            raise SoundopsError(f"{path}: not a full-integer model (int8 input and output).")
+
+    def io(self) -> dict[str, Any]:
+        """Input/output tensors as the device manifest states them."""
+        return {
+            kind: {
+                "shape": [int(v) for v in det["shape"]],
+                "dtype": np.dtype(det["dtype"]).name,
+                "scale": float(det["quantization_parameters"]["scales"][0]),
+                "zero_point": int(det["quantization_parameters"]["zero_points"][0]),
+            }
+            for kind, det in self.details.items()
+        }
+
+    def quantize_input(self, windows: np.ndarray) -> np.ndarray:
+        """Raw (n, frames, bins) -> int8, as the firmware computes it."""
+        norm = self.spec.normalise(windows)
+        q = np.round(norm / self.in_scale) + self.in_zp
+        out: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
+        return out
+
+    def int8_logits(self, windows: np.ndarray) -> np.ndarray:
+        q = self.quantize_input(windows)
+        out = np.empty((len(q), len(self.spec.classes)), np.int8)
+        for i, window in enumerate(q):
+            self.interp.set_input(window.reshape(self.in_shape), 0)
+            self.interp.invoke()
+            out[i] = self.interp.get_output(0).reshape(-1)
+        return out
+
+    def logits(self, windows: np.ndarray) -> np.ndarray:
+        q = self.int8_logits(windows).astype(np.float32)
+        result: np.ndarray = (q - self.out_zp) * self.out_scale
+        return result

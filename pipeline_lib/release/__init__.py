@@ -1,0 +1,1 @@
+"""Release: the MLflow registry, tracking, the field monitor, the project lock."""

@@ -1,0 +1,1 @@
+"""Serving: the loaded models and the FastAPI app."""

@@ -1,0 +1,1 @@
+"""The export stage: INT8 quantisation, TFLite Micro parity, the device bundle."""
