@@ -8,10 +8,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline_lib.base.errors import ParamsError
+from pipeline_lib.base.errors import ParamsError, SoundopsError
 from pipeline_lib.base.params import load_params, parse_params
 from pipeline_lib.cli import app
-from tests.conftest import REPO
+from tests.conftest import REPO, shipped_params
 
 
 def test_shipped_params_are_valid() -> None:
@@ -81,3 +81,10 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_params_check_names_a_compare_point_evaluate_does_not_measure() -> None:
+    raw = shipped_params()
+    raw["release"]["compare"]["recall"] = 0.8
+    with pytest.raises(SoundopsError, match=r"release\.compare\.recall"):
+        parse_params(raw)

@@ -18,6 +18,7 @@ from pipeline_lib.base.params import parse_params
 from pipeline_lib.stages.generate.corpus import generate_corpus
 from pipeline_lib.stages.generate.phrases import confusables
 from pipeline_lib.stages.generate.tts import SpeechSession
+from tests.conftest import REPO
 
 
 def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
@@ -48,15 +49,14 @@ def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with the shipped real-voice preset merged in."""
     import yaml
 
-    preset = yaml.safe_load(
-        (Path(__file__).parents[1] / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8")
-    )
+    preset = yaml.safe_load((REPO / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8"))
     raw = copy.deepcopy(raw)
     for key, value in preset["generate"].items():
         raw["generate"][key] = value
     return raw
 
 
+@pytest.mark.slow  # end to end: subprocesses or every engine
 def test_deterministic_whatever_the_workers(tmp_path: Path, raw_params: dict[str, Any]) -> None:
     raw = real_voice(tiny_demo(raw_params))  # every engine and perturbation in play
     generate_corpus(parse_params(raw), Layout(tmp_path / "a"))
@@ -179,6 +179,7 @@ def test_kokoro_speakers_are_fixed_mixes_and_pure_functions() -> None:
     assert len(kokoro_voice.tokens("d\u0292e\u026a")) == 2
 
 
+@pytest.mark.slow  # end to end: subprocesses or every engine
 def test_corpus_mixes_engines_accents_and_microphones(
     tmp_path: Path, raw_params: dict[str, Any]
 ) -> None:

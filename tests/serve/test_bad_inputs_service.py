@@ -359,6 +359,7 @@ def _refused(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     return res
 
 
+@pytest.mark.slow  # end to end: subprocesses or every engine
 def test_a_blank_token_and_a_token_on_the_command_line_are_refused(
     project: Path, tmp_path: Path
 ) -> None:

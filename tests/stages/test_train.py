@@ -85,6 +85,7 @@ def _train_cmd(root: Path) -> list[str]:
     return [str(Path(sys.executable).parent / "soundops"), "stage", "train", "--root", str(root)]
 
 
+@pytest.mark.slow  # end to end: subprocesses or every engine
 def test_killed_training_resumes_to_the_same_weights(
     tmp_path: Path, raw_params: dict[str, Any]
 ) -> None:

@@ -330,7 +330,11 @@ def test_tflite_runtime_serves_the_same_events(served: Served, client: TestClien
     with served.client(runtime="tflite") as c:
         res = c.post("/v1/detect", content=audio).json()
     assert res["model"]["runtime"] == "tflite"
-    assert [e["time_s"] for e in res["events"]] == [e["time_s"] for e in onnx_events]
+    # INT8 may cross the threshold one detector hop (10 frames of 10 ms) from FP32, as
+    # the chirp model's weights vary with the thread count it was trained on
+    int8, fp32 = (sorted(e["time_s"] for e in ev) for ev in (res["events"], onnx_events))
+    assert len(int8) == len(fp32) >= 1
+    assert all(abs(a - b) <= 0.1 + 1e-6 for a, b in zip(int8, fp32, strict=True)), (int8, fp32)
 
 
 def test_a_promotion_is_served_once_the_alias_is_looked_up_again(
@@ -354,6 +358,7 @@ def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # end to end: subprocesses or every engine
 def test_serve_model_refuses_an_unknown_alias_and_an_open_host_without_token(
     served: Served,
 ) -> None:

@@ -19,7 +19,7 @@ from pipeline_lib.base.params import Params
 from pipeline_lib.detect import verifier_model
 from pipeline_lib.stages import verifier
 from tests.chirp_model import scene
-from tests.test_generate import tiny_demo
+from tests.stages.generate.test_generate import tiny_demo
 
 Project = Callable[[dict[str, Any]], tuple[Params, Layout]]
 
@@ -146,7 +146,7 @@ def test_a_version_with_a_verifier_is_verified_by_it_on_the_service(
     from pipeline_lib.serve.models import Models
     from tests import chirp_model
     from tests.conftest import shipped_params
-    from tests.test_service import wav_bytes
+    from tests.serve.test_service import wav_bytes
 
     rng = np.random.default_rng(0)
 

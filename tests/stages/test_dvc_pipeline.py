@@ -16,7 +16,7 @@ import yaml
 
 from pipeline_lib.base.layout import Layout
 from tests.conftest import REPO, shipped_params
-from tests.test_generate import tiny_demo
+from tests.stages.generate.test_generate import tiny_demo
 
 pytestmark = pytest.mark.slow
 

@@ -45,6 +45,8 @@ BLUE_PIXELS = """() => {
 }"""
 SECONDS = 9.0
 
+pytestmark = pytest.mark.slow  # a headless Chromium against a live server
+
 
 def chromium() -> str:
     """Debian's Chromium (``make test`` installs it); the test cannot run without one."""
