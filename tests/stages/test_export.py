@@ -85,6 +85,8 @@ def test_tflm_matches_onnxruntime_int8_within_one_step(
     onx = quantize.to_onnx_qdq(graph, spec, tmp_path / "m.onnx", {SPEC_KEY: _spec_json(spec)})
     arena = measure_arena(tfl)
     assert 1000 < arena < 200_000
+    # no tensor names: they named the torch modules, flash the device never reads
+    assert b"pipeline_lib" not in tfl.read_bytes() and b"torch.nn" not in tfl.read_bytes()
     tflm = TflmScorer(tfl, spec, arena)  # runs in exactly the measured arena
     io = tflm.io()
     assert io["input"]["dtype"] == "int8" and io["output"]["dtype"] == "int8"

@@ -101,7 +101,23 @@ def to_tflite(quantized: Any, quantizer: Any, frames: int, bins: int, path: Path
         raise SoundopsError(f"TFLite conversion failed: {first}") from None
     with atomic_path(path) as tmp, _quiet():
         edge.export(str(tmp))
+        _strip_names(tmp)
     return path
+
+
+def _strip_names(path: Path) -> None:
+    """Drop the tensor and subgraph names and the signature from a TFLite file.
+
+    The converter names every tensor after the torch module path that made it
+    (``pipeline_lib.detect.models.dscnn.DSCNN/...``): about a quarter of a DS-CNN's
+    file, flash a microcontroller pays for and TFLite Micro never reads, and a file whose
+    bytes change when the library's modules move. Inputs and outputs stay addressed by
+    index, as TFLite Micro and ESPHome's micro_wake_word address them."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model(str(path))
+    fb.strip_strings(model)
+    fb.write_model(model, str(path))
 
 
 def _register_qdq_symbolics() -> None:
