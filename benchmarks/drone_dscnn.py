@@ -80,7 +80,7 @@ def main() -> None:
         f1 = 2 * precision * recall / max(precision + recall, 1e-12)
         groups = test.index["group"].nunique()
         print(
-            f"DS-CNN ({summary['params']} parameters, {summary['macs'] / 1e6:.2f} M MACs), "
+            f"DS-CNN ({summary['param_count']} parameters, {summary['macs'] / 1e6:.2f} M MACs), "
             f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
             f"{time.perf_counter() - start:.0f} s in all"
         )

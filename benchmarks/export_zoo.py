@@ -92,7 +92,7 @@ def main() -> None:
             rows.append(
                 {
                     "arch": arch,
-                    "params": n_params,
+                    "param_count": n_params,
                     "MMACs": macs / 1e6,
                     "fp32 onnx KB": fp32.stat().st_size / 1024,
                     "int8 onnx KB": int8.stat().st_size / 1024,

@@ -75,7 +75,7 @@ def main() -> None:
     after = figures(root)
     print(
         f"mined {mined['hours_scanned']:.2f} h at threshold {mined['threshold']}: "
-        f"{mined['windows_runs']} runs, {mined['candidates']} candidates accepted "
+        f"{mined['windows_runs']} runs, {mined['mined']} mined clips accepted "
         f"({time.perf_counter() - start:.0f} s for the round)"
     )
     width = max(len(k) for k in before)

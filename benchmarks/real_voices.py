@@ -307,7 +307,7 @@ def ours(
         "smoothing": rule.smoothing,
     }
     out["tflite_bytes"] = (root / "data" / "export" / "model_int8.tflite").stat().st_size
-    out["arena_bytes"] = int(manifest["tensor_arena_bytes"])
+    out["arena_bytes"] = int(manifest["arena_alloc_bytes"])
     return out, recs, scored
 
 

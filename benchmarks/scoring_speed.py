@@ -103,7 +103,7 @@ def bench(
     out: dict[str, Any] = {
         "arch": arch,
         "options": options,
-        "params": spec.params,
+        "param_count": spec.params,
         "macs": spec.macs,
     }
     cal = _cal(hop)
@@ -182,7 +182,7 @@ def main() -> None:
     for r in rows:
         label = f"{r['arch']} {json.dumps(r['options'], separators=(',', ':'))}"
         print(
-            f"{label[:22]:<22}{r['params']:>9,}{r['macs'] / 1e6:>7.2f}M"
+            f"{label[:22]:<22}{r['param_count']:>9,}{r['macs'] / 1e6:>7.2f}M"
             + "".join(f"{r[c]:>17,.0f}x" for c in cols)
         )
     if args.json:

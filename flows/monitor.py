@@ -85,7 +85,7 @@ def _monitor(project: Path, channel: str) -> dict[str, Any]:
         )
         mlflow.log_metrics(
             {f"field_{k}": float(v) for k, v in field.items()}
-            | {"recorded_fah": recorded, "target_fah": rp.gates.max_fah, "files": check["files"]}
+            | {"recorded_fah": recorded, "max_fah": rp.gates.max_fah, "files": check["files"]}
         )
         mlflow.log_dict(check, "field_check.json")
         run_id = run.info.run_id

@@ -192,14 +192,14 @@ def export_onnx_cmd(
 def mine_accept(
     root: ROOT_OPT = Path(),
     min_score: Annotated[
-        float, typer.Option(help="Accept candidates scoring at least this.")
+        float, typer.Option(help="Accept mined clips scoring at least this.")
     ] = 0.0,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="Candidate id to leave out (repeatable).")
+        list[str] | None, typer.Option(help="Mined clip id to leave out (repeatable).")
     ] = None,
     no_dvc: Annotated[bool, typer.Option("--no-dvc", help="Do not `dvc add` the folder.")] = False,
 ) -> None:
-    """Copy mined candidates into the hard-negative source and track it with DVC."""
+    """Copy mined clips into the hard-negative source and track it with DVC."""
     from pipeline_lib.base.layout import Layout
     from pipeline_lib.base.params import load_params
     from pipeline_lib.release.accept import accept
@@ -212,7 +212,7 @@ def mine_accept(
         _fail(exc)
         return
     _out().print(
-        f"accepted {done['accepted']} candidate(s); the hard-negative folder holds "
+        f"accepted {done['accepted']} mined clip(s); the hard-negative folder holds "
         f"{done['clips']} clip(s). Next: git add the .dvc file, then `dvc repro`."
     )
 
@@ -328,7 +328,7 @@ def _print_result(project: Path, params: Params, result: dict[str, Any]) -> None
         out.print(
             f"registered {name} version {v.version} ({status}): FAH {fig('fah', '.2f')} "
             f"({fig('fah_lo', '.2f')}-{fig('fah_hi', '.2f')}) over "
-            f"{fig('background_hours', '.2f')} h of background, recall {fig('recall', '.4f')}, "
+            f"{fig('hours', '.2f')} h of background, recall {fig('recall', '.4f')}, "
             f"INT8 TFLite {int(f['tflite_bytes']):,} bytes",
             highlight=False,
         )
@@ -393,10 +393,10 @@ def models_list(root: ROOT_OPT = Path()) -> None:
     for col in (
         "version",
         "aliases",
-        "FAH",
+        "fah",
         "recall",
-        "TFLite bytes",
-        "arena",
+        "tflite_bytes",
+        "arena_bytes",
         "data",
         "commit",
         "gates",
@@ -410,7 +410,7 @@ def models_list(root: ROOT_OPT = Path()) -> None:
             f"{f.get('fah', float('nan')):.2f}",
             f"{f.get('recall', float('nan')):.4f}",
             f"{int(f.get('tflite_bytes', 0)):,}",
-            f"{int(f.get('tensor_arena_bytes', 0)):,}",
+            f"{int(f.get('arena_bytes', 0)):,}",
             v.tags.get("data_version", "")[:8],
             v.tags.get("git_commit", "")[:8],
             v.tags.get("gates", ""),

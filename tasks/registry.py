@@ -25,7 +25,7 @@ def register_version(root: str, run_id: str, set_candidate: bool = True) -> dict
 
 @task(name="accept-mined", cache_policy=NO_CACHE)
 def accept_mined(root: str) -> dict[str, Any]:
-    """Every mined candidate into the hard-negative source, tracked by DVC."""
+    """Every mined clip into the hard-negative source, tracked by DVC."""
     layout = Layout(Path(root))
     params = load_params(layout.params)
     return accept(params, layout)

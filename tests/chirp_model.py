@@ -147,7 +147,7 @@ def export(folder: Path, seed: int = 0) -> Path:
     quantize.to_onnx_qdq(graph, spec, folder / "model_int8.onnx", meta)
     manifest = {
         "spec": asdict(spec),
-        "tensor_arena_bytes": measure_arena(tflite),
+        "arena_alloc_bytes": measure_arena(tflite),
         "calibration": cal,
     }
     (folder / "device_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")

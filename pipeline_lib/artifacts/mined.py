@@ -1,3 +1,4 @@
-"""The mine stage's table of mined clips, which ``soundops mine accept`` reads."""
+"""The mine stage's table of mined clips, which ``soundops mine accept`` reads. (Mined
+clips, not "candidates": ``candidate`` is the registry alias of a version.)"""
 
-CANDIDATES = "candidates.csv"
+MINED = "mined.csv"

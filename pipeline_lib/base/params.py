@@ -386,7 +386,7 @@ class TrainParams(_Strict):
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
     grad_clip: Annotated[float, Field(gt=0)]
     patience: Annotated[int, Field(ge=1, le=1000)]
-    early_stop: Literal["val_loss", "pauc", "recall_at_fah"]
+    early_stop: Literal["val_loss", "val_pauc", "val_recall_at_fah"]
     pauc_max_fpr: Annotated[float, Field(gt=0, le=1)]
     deterministic: bool
     distill: DistillParams
@@ -449,7 +449,7 @@ class MineParams(_Strict):
     threshold: Annotated[float, Field(gt=0, lt=1)]
     pad_s: Annotated[float, Field(ge=0, le=2)]
     dedup_similarity: Annotated[float, Field(gt=0, le=1)]
-    max_candidates: Annotated[int, Field(ge=1, le=MAX_COUNT)]
+    max_clips: Annotated[int, Field(ge=1, le=MAX_COUNT)]
     label: str
     accept_root: Path
 
@@ -525,7 +525,7 @@ class ReleaseGates(_Strict):
 class CompareParams(_Strict):
     """How a challenger is judged against the champion on the same evaluation audio."""
 
-    by: Literal["fah_at_recall", "recall_at_fah"]
+    by: Literal["fah_at_recall", "frr_at_fah"]
     recall: Annotated[float, Field(gt=0, le=1)]
     fah: Annotated[float, Field(gt=0)]
 

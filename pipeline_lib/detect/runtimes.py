@@ -162,7 +162,7 @@ def _tflite_scorer(path: Path) -> Scorer:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         spec = ModelSpec(**manifest["spec"])
-        arena = int(manifest["tensor_arena_bytes"])
+        arena = int(manifest["arena_alloc_bytes"])
     except FileNotFoundError:
         raise SoundopsError(
             f"{path}: a .tflite model needs the device_manifest.json the export stage "

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline_lib.artifacts.mined import CANDIDATES
+from pipeline_lib.artifacts.mined import MINED
 from pipeline_lib.base.atomic import write_csv
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
@@ -31,17 +31,17 @@ def accept(
     exclude: frozenset[str] = frozenset(),
     track: bool = True,
 ) -> dict[str, Any]:
-    """Copy accepted candidates into ``mine.accept_root/<label>/`` and ``dvc add`` it."""
-    table = layout.mine / CANDIDATES
+    """Copy accepted mined clips into ``mine.accept_root/<label>/`` and ``dvc add`` it."""
+    table = layout.mine / MINED
     if not table.is_file():
         raise SoundopsError(f"{table}: not found; run the mine stage first (dvc repro mine).")
     frame = pd.read_csv(table, dtype={"id": str})
     unknown = sorted(exclude - set(frame["id"]))
     if unknown:
-        raise SoundopsError(f"--exclude: candidate id(s) {', '.join(unknown)} not in {table}.")
+        raise SoundopsError(f"--exclude: mined clip id(s) {', '.join(unknown)} not in {table}.")
     chosen = frame[(frame["score"] >= min_score) & ~frame["id"].isin(exclude)]
     if chosen.empty:
-        raise SoundopsError(f"{table}: no candidate is left to accept.")
+        raise SoundopsError(f"{table}: no mined clip is left to accept.")
     root = project_path(layout.root, params.mine.accept_root)
     if not _is_hard_negative_source(params, layout, root):
         raise SoundopsError(
@@ -67,7 +67,7 @@ def accept(
     after = len(list(dest.glob("*.wav")))
     tracked = _dvc_add(layout, root) if track else False
     log.info(
-        "mine accept: %d candidate(s) accepted, %s now holds %d clip(s) (%d new)%s",
+        "mine accept: %d mined clip(s) accepted, %s now holds %d clip(s) (%d new)%s",
         len(chosen),
         dest.relative_to(layout.root) if dest.is_relative_to(layout.root) else dest,
         after,

@@ -38,28 +38,29 @@ class Verdict:
 
 
 def regression(
-    field: dict[str, float], recorded_fah: float, target_fah: float, tolerance: float
+    field: dict[str, float], recorded_fah: float, max_fah: float, tolerance: float
 ) -> Verdict:
     """A regression is field FAH above the recorded FAH by more than ``tolerance`` even
     at the low end of its 95% interval (a handful of alarms in a short recording is not
-    proof); over target is the same test against the release gate's FAH."""
+    proof); over target is the same test against ``release.gates.max_fah``."""
     lo = field["fah_lo"]
     limit = recorded_fah + tolerance
     reg = lo > limit
-    over = lo > target_fah
+    over = lo > max_fah
     if reg or over:
         reason = f"field FAH {field['fah']:.2f} (95% lower bound {lo:.2f}) over " + " and ".join(
             s
             for s, hit in (
                 (f"recorded {recorded_fah:.2f} + tolerance {tolerance:.2f}", reg),
-                (f"target {target_fah:.2f}", over),
+                (f"release.gates.max_fah {max_fah:.2f}", over),
             )
             if hit
         )
     else:
         reason = (
             f"field FAH {field['fah']:.2f} (95% {lo:.2f}-{field['fah_hi']:.2f}) within "
-            f"recorded {recorded_fah:.2f} + tolerance {tolerance:.2f} and target {target_fah:.2f}"
+            f"recorded {recorded_fah:.2f} + tolerance {tolerance:.2f} and release.gates.max_fah "
+            f"{max_fah:.2f}"
         )
     return Verdict(reg, over, reason)
 

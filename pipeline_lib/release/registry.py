@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.artifacts.documents import EvaluateDoc, ExportDoc, load_doc
 from pipeline_lib.artifacts.parity_gates import parity_gate_failures
 from pipeline_lib.base.atomic import sha256, write_json, write_text
 from pipeline_lib.base.errors import SoundopsError
@@ -95,53 +96,43 @@ def _mlflow_error() -> type[Exception]:
 
 def figures(root: Path, params: Params) -> dict[str, float]:
     """The numbers a version is judged and compared on, from the evaluate and export
-    metrics of the build that produced it."""
-    try:
-        ev = json.loads((root / "metrics" / "evaluate.json").read_text(encoding="utf-8"))
-        ex = json.loads((root / "metrics" / "export.json").read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SoundopsError(f"{exc.filename}: not found; run the build first.") from None
-    op = ev["operating_point"]
-    out: dict[str, float] = {
-        "fah": op["fah"],
-        "fah_lo": op["fah_lo"],
-        "fah_hi": op["fah_hi"],
-        "recall": op["recall"],
-        "threshold": op["threshold"],
-        "background_hours": op["hours"],
-        "clip_roc_auc": ev["clips"]["roc_auc"],
-        "tflite_bytes": ex["sizes"]["tflite_int8"],
-        "onnx_int8_bytes": ex["sizes"]["onnx_int8"],
-        "tensor_arena_bytes": ex["tensor_arena_bytes"],
-        "params": ex["params"],
-        "macs": ex["macs"],
-        "fits_targets": float(all(t["fits"] for t in ex["targets"].values())),
+    metrics of the build that produced it, under the names those documents give them."""
+    ev = load_doc(root / "metrics" / "evaluate.json", EvaluateDoc, "evaluate")
+    ex = load_doc(root / "metrics" / "export.json", ExportDoc, "export")
+    op = ev.operating_point
+    out: dict[str, float | None] = {
+        "fah": op.fah,
+        "fah_lo": op.fah_lo,
+        "fah_hi": op.fah_hi,
+        "recall": op.recall,
+        "threshold": op.threshold,
+        "hours": op.hours,
+        "clip_roc_auc": ev.clips.get("roc_auc"),
+        "tflite_bytes": ex.tflite_bytes,
+        "onnx_int8_bytes": ex.onnx_int8_bytes,
+        "arena_bytes": ex.arena_bytes,
+        "param_count": ex.param_count,
+        "macs": ex.macs,
+        "fits_targets": float(all(t.fits for t in ex.targets.values())),
         # the export gates re-checked on the recorded parity figures with today's params
-        "int8_parity": float(not _export_parity_failures(params, ex)),
-        "tflm_onnx_mean_steps": ex["parity"]["tflm_vs_onnx"]["mean_steps"],
+        "int8_parity": float(
+            not parity_gate_failures(params, ex.parity.runtimes, ex.parity.tflm_vs_onnx)
+        ),
+        "tflm_onnx_mean_steps": ex.parity.tflm_vs_onnx.mean_steps,
     }
-    real = [ev["extra"][k] for k in ev.get("headline", {}).get("real_target_sets", [])]
+    real = [ev.extra[k] for k in ev.headline.real_target_sets]
     if real:  # the weakest real set: a gate on it holds for all of them
         out["real_recall"] = min(float(v["recall"]) for v in real)
-    out["synthetic_positive_share"] = (
-        ev["headline"]["synthetic_positives"] / max(1, ev["headline"]["test_positives"])
-        if "headline" in ev
-        else float("nan")
+    out["synthetic_positive_share"] = ev.headline.synthetic_positives / max(
+        1, ev.headline.test_positives
     )
-    for key, value in ev["fah_at_recall"].items():
-        if value["fah"] is not None:
-            out[f"fah_at_recall_{key}"] = value["fah"]
-    for key, value in ev["frr_at_fah"].items():
-        if value["frr"] is not None:  # null: the test split cannot measure it
-            out[f"recall_at_fah_{key}"] = round(1.0 - value["frr"], 5)
+    for key, at_recall in ev.fah_at_recall.items():
+        out[f"fah_at_recall_{key}"] = at_recall.fah
+    for key, at_fah in ev.frr_at_fah.items():
+        out[f"frr_at_fah_{key}"] = at_fah.frr
     # a figure a tiny split cannot measure is null in the metrics: left out, so a gate on
     # it fails (nothing certifies it) instead of comparing None
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _export_parity_failures(params: Params, ex: dict[str, Any]) -> list[str]:
-    # the same check export ran, on the document it wrote
-    return parity_gate_failures(params, ex["parity"]["runtimes"], ex["parity"]["tflm_vs_onnx"])
+    return {k: float(v) for k, v in out.items() if v is not None and v == v}
 
 
 def gate_failures(figs: dict[str, float], gates: ReleaseGates) -> list[str]:
@@ -485,6 +476,10 @@ def better(challenger: Version, champion: Version, params: Params) -> tuple[bool
         if b is None:
             return True, f"FAH at recall {cmp.recall}: {a:.2f}; the champion never reaches it"
         return a < b, f"FAH at recall {cmp.recall}: {a:.2f} vs champion {b:.2f} (lower wins)"
-    key = f"recall_at_fah_{cmp.fah}"
-    a, b = challenger.figures.get(key, 0.0), champion.figures.get(key, 0.0)
-    return a > b, f"recall at FAH {cmp.fah}: {a:.4f} vs champion {b:.4f} (higher wins)"
+    key = f"frr_at_fah_{cmp.fah}"
+    a, b = challenger.figures.get(key), champion.figures.get(key)
+    if a is None:
+        return False, f"the challenger's FRR at FAH {cmp.fah} was not measured on the test audio"
+    if b is None:
+        return True, f"FRR at FAH {cmp.fah}: {a:.4f}; the champion's was not measured"
+    return a < b, f"FRR at FAH {cmp.fah}: {a:.4f} vs champion {b:.4f} (lower wins)"

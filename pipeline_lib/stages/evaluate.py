@@ -22,11 +22,12 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from pipeline_lib.artifacts.documents import EvaluateDoc, write_doc
 from pipeline_lib.artifacts.manifests import load_split_manifest
 from pipeline_lib.audio.io import read_audio, resample
 from pipeline_lib.audio.sources.base import audio_files
 from pipeline_lib.base import html_page
-from pipeline_lib.base.atomic import atomic_path, write_csv, write_json
+from pipeline_lib.base.atomic import atomic_path, write_csv
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import ExtraSet, Params
@@ -498,7 +499,7 @@ def _write(
         ),
     )
     write_csv(plots / "reliability.csv", rel)
-    write_json(layout.metrics / "evaluate.json", result)
+    write_doc(layout.metrics / "evaluate.json", EvaluateDoc.model_validate(result))
 
     figs = _plots(roc, curve, clip_score, y, names, rel, op)
     worst_fa = []

@@ -1,10 +1,10 @@
 """mine stage and ``soundops mine accept``: hard negatives from target-free audio.
 
 The current model scans long recordings that never hold the target (``mine.audio``); every
-run of windows scoring at or above ``mine.threshold`` becomes one candidate (its best
+run of windows scoring at or above ``mine.threshold`` becomes one mined clip (its best
 window plus ``pad_s`` either side), near-duplicates are merged by feature similarity and the
-best ``max_candidates`` are written as clips with a manifest (source, offset, score, model
-hash) and a page to listen to them. Accepting copies chosen candidates into a folder that
+best ``max_clips`` are written as clips with a manifest (source, offset, score, model
+hash) and a page to listen to them. Accepting copies chosen clips into a folder that
 the ``hard_negatives`` source reads, pinned to the train split, and tracks it with DVC, so
 the next ``dvc repro`` retrains on them and no mined audio ever reaches validation or test.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from pipeline_lib.artifacts.mined import CANDIDATES
+from pipeline_lib.artifacts.mined import MINED
 from pipeline_lib.audio import features
 from pipeline_lib.audio.io import resample
 from pipeline_lib.audio.sources.base import audio_files
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Candidate:
+class Mined:
     source: Path
     offset_s: float
     duration_s: float
@@ -50,14 +50,14 @@ class Candidate:
 
 def runs_above(scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     """Index ranges [a, b) of consecutive windows at or above ``threshold``: overlapping
-    windows of one sound are one run, so one candidate."""
+    windows of one sound are one run, so one mined clip."""
     above = np.r_[False, scores >= threshold, False]
     edges = np.flatnonzero(np.diff(above.astype(np.int8)))
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def dedupe(feats: list[np.ndarray], scores: list[float], similarity: float) -> list[int]:
-    """Indices to keep, best score first; a candidate whose features are within
+    """Indices to keep, best score first; a clip whose features are within
     ``similarity`` (cosine) of a kept one is a near-duplicate and dropped."""
     if not feats:
         return []
@@ -91,14 +91,14 @@ def model_hash(folder: Path) -> str:
 
 
 def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
-    """The mine stage: ``data/mine`` (clips, ``candidates.csv``, ``review.html``)."""
+    """The mine stage: ``data/mine`` (clips, ``mined.csv``, ``review.html``)."""
     model, spec = load_model(layout.model)
     scorer = TorchScorer(model, spec)
     cal = Calibration.load(layout.calibration / "calibration.json")
     mp = params.mine
     rate, window_s = spec.rate, spec.frames * 0.01
     files = _mining_files(params, layout)
-    found: list[Candidate] = []
+    found: list[Mined] = []
     seconds = 0.0
     for path in tqdm(files, desc="mine", unit="file"):
         fs = score_file(path, scorer, cal)
@@ -120,10 +120,10 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
                 always_2d=True,
             )
             audio = resample(np.ascontiguousarray(data.mean(axis=1)), src_rate, rate)
-            found.append(Candidate(path, start, end - start, float(sc.scores[best]), audio))
+            found.append(Mined(path, start, end - start, float(sc.scores[best]), audio))
     feats = [features.compute(c.audio, spec.feature_params, rate) for c in found]
     distinct = dedupe(feats, [c.score for c in found], mp.dedup_similarity)
-    keep = distinct[: mp.max_candidates]
+    keep = distinct[: mp.max_clips]
     digest = model_hash(layout.model)
     rows = []
     with atomic_path(layout.metrics / "mine.json") as metrics, atomic_path(layout.mine) as out:
@@ -147,20 +147,20 @@ def run_mine(params: Params, layout: Layout) -> dict[str, Any]:
         frame = pd.DataFrame(
             rows, columns=["id", "path", "source", "offset_s", "duration_s", "score", "model_hash"]
         ).sort_values("score", ascending=False)
-        write_csv(out / CANDIDATES, frame)
+        write_csv(out / MINED, frame)
         _review_page(out, frame, rate)
         summary = {
             "hours_scanned": round(seconds / 3600, 4),
             "files": len(files),
             "windows_runs": len(found),
-            "candidates": len(keep),
+            "mined": len(keep),
             "near_duplicates": len(found) - len(distinct),
             "threshold": mp.threshold,
             "model_hash": digest,
         }
         metrics.write_text(json_text(summary), encoding="utf-8")
     log.info(
-        "mine: %.2f h scanned, %d run(s) above %.2f, %d candidate(s) after merging "
+        "mine: %.2f h scanned, %d run(s) above %.2f, %d mined clip(s) after merging "
         "near-duplicates; review data/mine/review.html, then `soundops mine accept`",
         summary["hours_scanned"],
         len(found),
@@ -192,14 +192,14 @@ def _review_page(out: Path, frame: pd.DataFrame, rate: int, limit: int = 100) ->
         }
         for r in frame.head(limit).itertuples()
     ]
-    body = html_page.table(pd.DataFrame(rows), ["audio"]) if rows else "<p>No candidates.</p>"
+    body = html_page.table(pd.DataFrame(rows), ["audio"]) if rows else "<p>No mined clips.</p>"
     intro = (
-        f"<p>{len(frame)} candidate hard negatives, best first (the first {limit} shown). "
+        f"<p>{len(frame)} mined clips, best first (the first {limit} shown). "
         "Accept all with <code>soundops mine accept</code>, or leave some out with "
-        "<code>--exclude ID</code> or <code>--min-score S</code>. A candidate that really "
+        "<code>--exclude ID</code> or <code>--min-score S</code>. A clip that really "
         "holds the target must not be accepted.</p>"
     )
     (out / "review.html").write_text(
-        html_page.page("soundops: mined candidates", [("Candidates", body)], intro),
+        html_page.page("soundops: mined clips", [("Mined clips", body)], intro),
         encoding="utf-8",
     )

@@ -269,7 +269,7 @@ class Trainer:
             "val_accuracy": float((val_logits.argmax(1) == y).mean()),
             "val_pauc": pauc(scores, y != 0, self.tp.pauc_max_fpr),
         }
-        if self.tp.early_stop == "recall_at_fah":
+        if self.tp.early_stop == "val_recall_at_fah":
             out["val_recall_at_fah"] = self._recall_at_fah(model, spec, scores, y)
         self.eval_model().to(self.device)
         return out
@@ -357,7 +357,7 @@ class Trainer:
     def fit(self, on_epoch: EpochHook | None = None) -> History:
         """Train to the end or early stop; ``on_epoch(row, epoch)`` sees each epoch's figures."""
         self.try_resume()
-        key = {"pauc": "val_pauc", "recall_at_fah": "val_recall_at_fah"}.get(self.tp.early_stop)
+        key = None if self.tp.early_stop == "val_loss" else self.tp.early_stop
         while self.history.epoch < self.tp.epochs and self.history.bad_epochs < self.tp.patience:
             epoch = self.history.epoch
             loss = self.train_epoch(epoch)
@@ -457,7 +457,7 @@ def run_train(
     summary = {
         "best_epoch": history.best_epoch + 1,
         "epochs_run": history.epoch,
-        "params": trainer.n_params,
+        "param_count": trainer.n_params,
         "macs": trainer.macs,
         **{k: round(float(v), 5) for k, v in best_row.items() if k.startswith("val_")},
     }

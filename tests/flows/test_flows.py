@@ -92,7 +92,7 @@ def test_two_builds_at_once_one_waits_out_and_one_registers(built: Built) -> Non
     assert [v.version for v in found] == [1]
     v = found[0]
     assert "candidate" in v.aliases and v.tags["gates"] == "passed"
-    assert {"fah", "recall", "tflite_bytes", "tensor_arena_bytes"} <= set(v.figures)
+    assert {"fah", "recall", "tflite_bytes", "arena_bytes"} <= set(v.figures)
     assert v.tags["data_version"] and v.tags["eval_audio"]
     import mlflow
 

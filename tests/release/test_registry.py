@@ -29,11 +29,14 @@ def test_challenger_wins_only_on_the_same_audio_with_a_better_figure() -> None:
     other = registry.better(_version(2, "bbb", **{"fah_at_recall_0.9": 0.0}), champ, params)
     assert not other[0] and "not comparable" in other[1]
     raw = shipped_params()
-    raw["release"]["compare"]["by"] = "recall_at_fah"
-    by_recall = parse_params(raw)
-    a = _version(2, "aaa", **{"recall_at_fah_1.0": 0.95})
-    b = _version(1, "aaa", **{"recall_at_fah_1.0": 0.9})
-    assert registry.better(a, b, by_recall)[0] and not registry.better(b, a, by_recall)[0]
+    raw["release"]["compare"]["by"] = "frr_at_fah"
+    by_frr = parse_params(raw)
+    a = _version(2, "aaa", **{"frr_at_fah_1.0": 0.05})
+    b = _version(1, "aaa", **{"frr_at_fah_1.0": 0.1})
+    assert registry.better(a, b, by_frr)[0] and not registry.better(b, a, by_frr)[0]
+    assert "0.0500 vs champion 0.1000 (lower wins)" in registry.better(a, b, by_frr)[1]
+    unmeasured = registry.better(_version(3, "aaa"), b, by_frr)
+    assert not unmeasured[0] and "not measured" in unmeasured[1]
 
 
 def test_gate_failures_name_each_gate() -> None:

@@ -27,7 +27,7 @@ def tiny(raw: dict[str, Any]) -> dict[str, Any]:
     raw["augment"] |= {"views": 1, "stream_windows": 50}
     raw["train"] |= {"epochs": 2, "batch_size": 16}
     raw["model"] = {"arch": "tcresnet8", "options": {}}
-    raw["mine"] |= {"threshold": 0.01, "max_candidates": 5}
+    raw["mine"] |= {"threshold": 0.01, "max_clips": 5}
     # A two-epoch model's scores sit near any threshold, so INT8 may flip decisions; the
     # stage is gated on TFLM-vs-onnxruntime agreement only (test_export pins the rest:
     # there a trained DS-CNN agrees within one step on every window).
@@ -132,7 +132,7 @@ def test_repro_builds_then_does_nothing(project: Project) -> None:
     assert (layout.calibration / "calibration.json").is_file()
     assert (layout.evaluate / "report.html").is_file()
     assert (project.root / "metrics" / "evaluate.json").is_file()
-    assert (layout.mine / "candidates.csv").is_file()
+    assert (layout.mine / "mined.csv").is_file()
     for name in ("model_int8.tflite", "model_data.cc", "device_manifest.json", "model_card.md"):
         assert (layout.export / name).is_file()
     code, out = project.repro()
@@ -176,7 +176,7 @@ def test_gate_failure_stops_the_pipeline(project: Project) -> None:
 def test_mine_accept_then_repro_trains_on_hard_negatives(project: Project) -> None:
     project.repro()
     layout = Layout(project.root)
-    mined = pd.read_csv(layout.mine / "candidates.csv", dtype={"id": str})
+    mined = pd.read_csv(layout.mine / "mined.csv", dtype={"id": str})
     assert len(mined) >= 1 and mined["model_hash"].nunique() == 1
     project.run("soundops", "mine", "accept")
     folder = project.root / "data" / "raw" / "hard_negatives"
@@ -217,7 +217,7 @@ class Reads:
 # Keys a stage lists but reads only when an option the default project leaves off is on:
 # listing them keeps the stage rerunning when they change under that option.
 CONDITIONAL = {
-    "train": {  # read only with train.early_stop: recall_at_fah
+    "train": {  # read only with train.early_stop: val_recall_at_fah
         "calibrate.preset": "early stop on recall at a FAH",
         "calibrate.presets": "early stop on recall at a FAH",
         "calibrate.hop_s": "early stop on recall at a FAH",

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline_lib.artifacts.documents import RuntimeParity, StepAgreement
 from pipeline_lib.artifacts.parity_gates import parity_gate_failures
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.params import McuTarget, parse_params
@@ -167,31 +168,32 @@ def test_budgets_give_a_verdict_per_target() -> None:
     assert small["verdict"] == "does not fit: RAM 35.1 KB > budget 32 KB"
 
 
-def _figures(**kw: Any) -> dict[str, Any]:
+def _runtime(**kw: Any) -> RuntimeParity:
     base = {
-        "fah": 1.0,
-        "fp32_fah": 1.0,
-        "hours": 3.0,
-        "recall": 0.98,
-        "fp32_recall": 0.98,
-        "decision_agreement": 0.999,
-        "fah_increase": 0.0,
-        "recall_drop": 0.0,
-    }
-    return base | kw
+        "false_alarms": 3, "hours": 3.0, "fah": 1.0, "fah_lo": 0.2, "fah_hi": 2.9,
+        "fp32_false_alarms": 3, "fp32_hours": 3.0, "fp32_fah": 1.0, "fp32_fah_lo": 0.2,
+        "fp32_fah_hi": 2.9, "recall": 0.98, "fp32_recall": 0.98, "windows": 1000,
+        "decision_agreement": 0.999, "max_score_diff": 0.05, "mean_score_diff": 0.001,
+        "fah_increase": 0.0, "recall_drop": 0.0,
+    }  # fmt: skip
+    return RuntimeParity.model_validate(base | kw)
+
+
+def _steps(mean: float, most: int) -> StepAgreement:
+    return StepAgreement(
+        windows=100, max_steps=most, mean_steps=mean, within_one_step=0.9, histogram=[]
+    )
 
 
 def test_gates_name_each_failed_figure() -> None:
     params = parse_params(shipped_params())
-    ok = {"onnx_int8": _figures(), "tflm_int8": _figures()}
-    steps = {"windows": 100, "max_steps": 3, "mean_steps": 0.6, "histogram": [50, 42, 6, 2]}
-    assert parity_gate_failures(params, ok, steps) == []
+    ok = {"onnx_int8": _runtime(), "tflm_int8": _runtime()}
+    assert parity_gate_failures(params, ok, _steps(0.6, 3)) == []
     bad = {
-        "onnx_int8": _figures(fah=2.0, fah_increase=1.0),
-        "tflm_int8": _figures(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
+        "onnx_int8": _runtime(fah=2.0, fah_lo=2.0, fah_increase=1.0),
+        "tflm_int8": _runtime(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
     }
-    far = {"windows": 100, "max_steps": 11, "mean_steps": 8.2, "histogram": []}
-    failed = parity_gate_failures(params, bad, far)
+    failed = parity_gate_failures(params, bad, _steps(8.2, 11))
     assert len(failed) == 4
     assert "onnx_int8 FAH 2.00 (95% lower bound 2.00) vs FP32 1.00" in failed[0]
     assert "max_fah_increase" in failed[0]
@@ -204,19 +206,27 @@ def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back()
     """The registry re-reads export's metrics from JSON, where an unmeasurable recall
     drop (no positives in a tiny split: NaN) is null; that must neither crash nor pass a
     figure that really failed."""
-    from pipeline_lib.artifacts.parity_gates import parity_gate_failures
-    from pipeline_lib.base.params import parse_params
-    from tests.conftest import shipped_params
-
     params = parse_params(shipped_params())
-    runtime = {
-        "fah": 1.0, "fp32_fah": 1.0, "hours": 1.0, "fah_increase": 0.0, "recall": None,
-        "fp32_recall": None, "recall_drop": None, "decision_agreement": 1.0,
-    }  # fmt: skip
-    steps = {"mean_steps": 0.0, "max_steps": 0, "windows": 10}
+    unmeasured = _runtime(recall=None, fp32_recall=None, recall_drop=None)
+    runtime = RuntimeParity.model_validate(json.loads(unmeasured.model_dump_json()))
+    assert runtime.recall_drop is None
+    steps = _steps(0.0, 0)
     assert parity_gate_failures(params, {"onnx": runtime}, steps) == []
-    worse = runtime | {"fah_increase": 5.0, "fah": 6.0, "fah_lo": 3.0}
+    worse = runtime.model_copy(update={"fah_increase": 5.0, "fah": 6.0, "fah_lo": 3.0})
     assert "max_fah_increase" in parity_gate_failures(params, {"onnx": worse}, steps)[0]
     # one extra false alarm in 10 minutes: 6 FAH, but its lower bound (0.15) is chance
-    chance = runtime | {"fah_increase": 6.0, "fah": 6.0, "fah_lo": 0.15, "fp32_fah": 0.0}
+    chance = runtime.model_copy(
+        update={"fah_increase": 6.0, "fah": 6.0, "fah_lo": 0.15, "fp32_fah": 0.0}
+    )
     assert parity_gate_failures(params, {"tflm_int8": chance}, steps) == []
+
+
+def test_a_stale_or_missing_metrics_document_is_one_sentence(tmp_path: Path) -> None:
+    from pipeline_lib.artifacts.documents import ExportDoc, load_doc
+
+    path = tmp_path / "export.json"
+    with pytest.raises(SoundopsError, match=r"export\.json: not found; run the export stage"):
+        load_doc(path, ExportDoc, "export")
+    path.write_text(json.dumps({"sizes": {"tflite_int8": 1}}), encoding="utf-8")
+    with pytest.raises(SoundopsError, match=r"export\.json: key '[a-z_.]+': .*dvc repro export"):
+        load_doc(path, ExportDoc, "export")

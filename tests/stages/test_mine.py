@@ -1,4 +1,4 @@
-"""Mining: overlapping windows become one candidate, near-duplicates one, and accepting
+"""Mining: overlapping windows become one mined clip, near-duplicates one, and accepting
 refuses what would never be trained on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_lib.artifacts.mined import CANDIDATES
+from pipeline_lib.artifacts.mined import MINED
 from pipeline_lib.audio.sources import list_source
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
@@ -22,7 +22,7 @@ from tests.conftest import tone, write_audio
 Make = Callable[[dict[str, Any]], tuple[Params, Layout]]
 
 
-def test_runs_of_overlapping_windows_are_one_candidate() -> None:
+def test_runs_of_overlapping_windows_are_one_mined_clip() -> None:
     s = np.array([0.1, 0.5, 0.7, 0.2, 0.1, 0.9, 0.95, 0.9, 0.0, 0.6])
     assert runs_above(s, 0.3) == [(1, 3), (5, 8), (9, 10)]
     assert runs_above(np.zeros(5), 0.3) == []
@@ -52,7 +52,7 @@ def _mined(layout: Layout, ids: list[str]) -> None:
                 "model_hash": "abc",
             }
         )
-    pd.DataFrame(rows).to_csv(layout.mine / CANDIDATES, index=False)
+    pd.DataFrame(rows).to_csv(layout.mine / MINED, index=False)
 
 
 def test_accept_writes_a_train_only_source(make_project: Make, raw_params: dict[str, Any]) -> None:
@@ -77,7 +77,7 @@ def test_accept_refuses_unknown_ids_and_orphan_folders(
     with pytest.raises(SoundopsError, match="run the mine stage first"):
         accept(params, layout, track=False)
     _mined(layout, ["aa"])
-    with pytest.raises(SoundopsError, match="candidate id\\(s\\) zz not in"):
+    with pytest.raises(SoundopsError, match="mined clip id\\(s\\) zz not in"):
         accept(params, layout, exclude=frozenset({"zz"}), track=False)
     raw_params["ingest"]["sources"] = raw_params["ingest"]["sources"][:1]
     params, layout = make_project(raw_params)

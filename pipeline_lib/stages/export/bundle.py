@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline_lib.artifacts.documents import EvaluateDoc, ExportDoc
 from pipeline_lib.base.atomic import sha256
 from pipeline_lib.base.params import McuTarget
 from pipeline_lib.detect.checkpoint import ModelSpec
@@ -94,7 +95,7 @@ def manifest(
     rule = calibration.rule
     return {
         "format": "soundops-device-manifest/1",
-        "model": {"arch": spec.arch, "params": spec.params, "macs": spec.macs},
+        "model": {"arch": spec.arch, "param_count": spec.params, "macs": spec.macs},
         "front_end": spec.features,
         "sample_rate": spec.rate,
         "feature_step_ms": 10,
@@ -111,7 +112,7 @@ def manifest(
         "smoothing_windows": rule.smoothing,
         "refractory_ms": round(rule.refractory_s * 1000),
         "operating_point": calibration.preset,
-        "tensor_arena_bytes": arena_bytes,
+        "arena_alloc_bytes": arena_bytes,  # measured + export.arena_margin_bytes
         "files": {name: {"path": p.name, "sha256": sha256(p)} for name, p in files.items()},
         # for host tools (`soundops score model_int8.tflite`): the full spec and calibration
         "spec": asdict(spec),
@@ -128,16 +129,14 @@ def _num(value: float | None, digits: int) -> str:
 
 def model_card(
     spec: ModelSpec,
-    evaluation: dict[str, Any],
-    parity: dict[str, Any],
+    evaluation: EvaluateDoc,
+    export: ExportDoc,
     budget_rows: list[dict[str, Any]],
-    sizes: dict[str, int],
-    arena_bytes: int,
     data_note: str,
 ) -> str:
     """A Markdown model card: data, metrics with their intervals, intended use, limits."""
-    op = evaluation["operating_point"]
-    clips = evaluation["clips"]
+    op = evaluation.operating_point
+    clips = evaluation.clips
     events = ", ".join(list(spec.classes)[1:])
     lines = [
         f"# Model card: {spec.arch} detector for {events}",
@@ -153,25 +152,26 @@ def model_card(
         data_note,
         "",
         "## Metrics (FP32, evaluate stage; 95% intervals)",
-        f"- Operating point `{op['preset']}`: threshold {op['threshold']:.4f}, smoothing "
-        f"{op['smoothing']}, refractory {op['refractory_s']} s.",
-        f"- False alarms per hour: **{op['fah']:.2f}** ({op['fah_lo']:.2f}-{op['fah_hi']:.2f}) "
-        f"over {op['hours']:.2f} h of test background ({op['false_alarms']} events).",
-        f"- Event recall: **{_num(op['recall'], 3)}** ({_num(op['recall_lo'], 3)}-"
-        f"{_num(op['recall_hi'], 3)}) of {op['positives']} inserted positives.",
+        f"- Operating point `{op.preset}`: threshold {op.threshold:.4f}, smoothing "
+        f"{op.smoothing}, refractory {op.refractory_s} s.",
+        f"- False alarms per hour: **{_num(op.fah, 2)}** ({_num(op.fah_lo, 2)}-"
+        f"{_num(op.fah_hi, 2)}) over {op.hours:.2f} h of test background "
+        f"({op.false_alarms} events).",
+        f"- Event recall: **{_num(op.recall, 3)}** ({_num(op.recall_lo, 3)}-"
+        f"{_num(op.recall_hi, 3)}) of {op.positives} inserted positives.",
         f"- Test clips: ROC-AUC {_num(clips['roc_auc'], 4)}, EER {_num(clips['eer'], 4)}, "
         f"pAUC@0.1 {_num(clips['pauc_0.1'], 4)}.",
         "",
         "## INT8 on the device runtime",
-        f"- Sizes: INT8 TFLite {sizes['tflite_int8']:,} bytes, INT8 ONNX "
-        f"{sizes['onnx_int8']:,} bytes, FP32 ONNX {sizes['onnx_fp32']:,} bytes.",
-        f"- Tensor arena measured by TensorFlow Lite Micro: {arena_bytes:,} bytes.",
+        f"- Sizes: INT8 TFLite {export.tflite_bytes:,} bytes, INT8 ONNX "
+        f"{export.onnx_int8_bytes:,} bytes, FP32 ONNX {export.onnx_fp32_bytes:,} bytes.",
+        f"- Tensor arena measured by TensorFlow Lite Micro: {export.arena_bytes:,} bytes.",
     ]
-    for name, p in parity["runtimes"].items():
+    for name, p in export.parity.runtimes.items():
         lines.append(
-            f"- {name}: FAH {p['fah']:.2f} ({p['fah_lo']:.2f}-{p['fah_hi']:.2f}) over "
-            f"{p['hours']:.2f} h, recall {p['recall']:.3f}, decision agreement with FP32 "
-            f"{p['decision_agreement']:.4f}, max score difference {p['max_score_diff']:.4f}."
+            f"- {name}: FAH {_num(p.fah, 2)} ({_num(p.fah_lo, 2)}-{_num(p.fah_hi, 2)}) over "
+            f"{p.hours:.2f} h, recall {_num(p.recall, 3)}, decision agreement with FP32 "
+            f"{p.decision_agreement:.4f}, max score difference {p.max_score_diff:.4f}."
         )
     lines += ["", "## Targets (latency is an estimate from MACs, not a measurement)"]
     lines += [

@@ -22,6 +22,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline_lib.artifacts.documents import (
+    EvaluateDoc,
+    ExportDoc,
+    Parity,
+    RuntimeParity,
+    StepAgreement,
+    TargetFit,
+    load_doc,
+    write_doc,
+)
 from pipeline_lib.artifacts.manifests import load_split_manifest
 from pipeline_lib.artifacts.parity_gates import parity_gate_failures
 from pipeline_lib.base import html_page
@@ -253,17 +263,17 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         tee = _Tee(ref, {ORT: ort, TFLM: tflm}, steps)
         _, spans, scored = positive_stream(frame, layout, params, tee, cal)
         pos = _series(scored.times, tee.take(), cal)
-        runtimes = {
-            name: _figures(name, bg, pos, spans, cal, window_s, params.evaluate.tolerance_s)
-            for name in (ORT, TFLM)
-        }
-        failed = parity_gate_failures(params, runtimes, steps.summary())
-        sizes = {
-            "onnx_fp32": fp32_onnx.stat().st_size,
-            "onnx_int8": int8_onnx.stat().st_size,
-            "tflite_int8": tflite.stat().st_size,
-        }
-        parity = {"clips": clips, "runtimes": runtimes, "tflm_vs_onnx": steps.summary()}
+        parity = Parity(
+            clips=clips,
+            runtimes={
+                name: RuntimeParity.model_validate(
+                    _figures(name, bg, pos, spans, cal, window_s, params.evaluate.tolerance_s)
+                )
+                for name in (ORT, TFLM)
+            },
+            tflm_vs_onnx=StepAgreement.model_validate(steps.summary()),
+        )
+        failed = parity_gate_failures(params, parity.runtimes, parity.tflm_vs_onnx)
         if failed:
             raise SoundopsError("export: INT8 gate(s) failed: " + "; ".join(failed) + ".")
 
@@ -271,7 +281,7 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         feature_bytes = spec.frames * spec.bins  # the int8 input window
         rows = bundle.budgets(
             ex.targets,
-            sizes["tflite_int8"],
+            tflite.stat().st_size,
             arena + ex.arena_margin_bytes,
             feature_bytes,
             spec.macs,
@@ -287,69 +297,51 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         manifest = bundle.manifest(spec, cal, tflm.io(), arena + ex.arena_margin_bytes, files)
         manifest["targets"] = rows
         write_json(out / "device_manifest.json", manifest)
-        evaluation = _evaluation(layout)
+        doc = ExportDoc(
+            tflite_bytes=tflite.stat().st_size,
+            onnx_int8_bytes=int8_onnx.stat().st_size,
+            onnx_fp32_bytes=fp32_onnx.stat().st_size,
+            arena_bytes=arena,
+            param_count=spec.params,
+            macs=spec.macs,
+            parity=parity,
+            targets={
+                r["target"]: TargetFit.model_validate(
+                    {k: r[k] for k in ("fits", "latency_ms_estimate", "ram_bytes", "flash_bytes")}
+                )
+                for r in rows
+            },
+        )
+        evaluation = load_doc(layout.metrics / "evaluate.json", EvaluateDoc, "evaluate")
         (out / "model_card.md").write_text(
-            bundle.model_card(
-                spec,
-                evaluation,
-                parity,
-                rows,
-                sizes,
-                arena,
-                _data_note(layout),
-            ),
-            encoding="utf-8",
+            bundle.model_card(spec, evaluation, doc, rows, _data_note(layout)), encoding="utf-8"
         )
-        (out / "report.html").write_text(
-            _report(spec, parity, rows, sizes, arena, bg, pos, cal), encoding="utf-8"
-        )
+        (out / "report.html").write_text(_report(spec, doc, rows, bg, pos, cal), encoding="utf-8")
         for name in VERIFIER_FILES:  # the server-side second stage travels with its model
             if (layout.verifier / name).is_file():
                 shutil.copyfile(layout.verifier / name, out / name)
-        result: dict[str, Any] = {
-            "sizes": sizes,
-            "tensor_arena_bytes": arena,
-            "macs": spec.macs,
-            "params": spec.params,
-            "parity": parity,
-            "targets": {
-                r["target"]: {
-                    k: r[k] for k in ("fits", "latency_ms_estimate", "ram_bytes", "flash_bytes")
-                }
-                for r in rows
-            },
-        }
-        write_json(out / "export.json", result)
-    write_json(layout.metrics / "export.json", result)
-    o, t = runtimes[ORT], runtimes[TFLM]
+        write_doc(out / "export.json", doc)
+    write_doc(layout.metrics / "export.json", doc)
+    o, t = doc.parity.runtimes[ORT], doc.parity.runtimes[TFLM]
     log.info(
         "export: INT8 TFLite %d bytes, arena %d bytes; onnxruntime INT8 FAH %.2f (FP32 %.2f) "
         "recall %.4f (FP32 %.4f) over %.2f h; TFLite Micro FAH %.2f (FP32 %.2f) over %.2f h, "
         "recall %.4f; TFLM vs ORT max %d step(s), %.4f of windows within one",
-        sizes["tflite_int8"],
-        arena,
-        o["fah"],
-        o["fp32_fah"],
-        o["recall"],
-        o["fp32_recall"],
-        o["hours"],
-        t["fah"],
-        t["fp32_fah"],
-        t["hours"],
-        t["recall"],
+        doc.tflite_bytes,
+        doc.arena_bytes,
+        o.fah,
+        o.fp32_fah,
+        o.recall,
+        o.fp32_recall,
+        o.hours,
+        t.fah,
+        t.fp32_fah,
+        t.hours,
+        t.recall,
         steps.max,
-        steps.summary()["within_one_step"],
+        doc.parity.tflm_vs_onnx.within_one_step,
     )
-    return result
-
-
-def _evaluation(layout: Layout) -> dict[str, Any]:
-    path = layout.metrics / "evaluate.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SoundopsError(f"{path}: not found; run the evaluate stage first.") from None
-    return data
+    return doc.model_dump(mode="json")
 
 
 def _data_note(layout: Layout) -> str:
@@ -367,10 +359,8 @@ def _data_note(layout: Layout) -> str:
 
 def _report(
     spec: ModelSpec,
-    parity: dict[str, Any],
+    doc: ExportDoc,
     rows: list[dict[str, Any]],
-    sizes: dict[str, int],
-    arena: int,
     bg: list[tuple[float, Series]],
     pos: Series,
     cal: Calibration,
@@ -394,40 +384,29 @@ def _report(
     fig.tight_layout()
     plot = html_page.figure_uri(fig)
     plt.close(fig)
+    columns = ("hours", "fah", "fp32_fah", "recall", "fp32_recall", "decision_agreement")
     runtime_rows = pd.DataFrame(
         [
-            {
-                "runtime": k,
-                **{
-                    c: v[c]
-                    for c in (
-                        "hours",
-                        "fah",
-                        "fp32_fah",
-                        "recall",
-                        "fp32_recall",
-                        "decision_agreement",
-                        "max_score_diff",
-                        "windows",
-                    )
-                },
-            }
-            for k, v in parity["runtimes"].items()
+            {"runtime": k} | v.model_dump(include={*columns, "max_score_diff", "windows"})
+            for k, v in doc.parity.runtimes.items()
         ]
     )
+    sizes = doc.model_dump(
+        include={"tflite_bytes", "onnx_int8_bytes", "onnx_fp32_bytes", "arena_bytes"}
+    )
+    steps = doc.parity.tflm_vs_onnx
     return html_page.page(
         f"INT8 export: {spec.arch}",
         [
-            ("Sizes", html_page.table(pd.DataFrame([sizes | {"tensor_arena_bytes": arena}]))),
+            ("Sizes", html_page.table(pd.DataFrame([sizes]))),
             ("Parity with FP32 on the evaluation audio", html_page.table(runtime_rows)),
             ("Scores, INT8 against FP32", f'<img src="{plot}" alt="INT8 vs FP32 scores">'),
             ("Targets (latency estimated from MACs)", html_page.table(pd.DataFrame(rows))),
         ],
         intro=(
             f"TFLite Micro and onnxruntime INT8 differ by at most "
-            f"{parity['tflm_vs_onnx']['max_steps']} output step(s) on the "
-            f"{parity['tflm_vs_onnx']['windows']} windows both ran; "
-            f"{parity['tflm_vs_onnx']['within_one_step']:.4f} of them within one step "
+            f"{steps.max_steps} output step(s) on the {steps.windows} windows both ran; "
+            f"{steps.within_one_step:.4f} of them within one step "
             "(the same integer graph, requantised with different rounding)."
         ),
     )
