@@ -468,18 +468,15 @@ def better(challenger: Version, champion: Version, params: Params) -> tuple[bool
             "not comparable: the two versions were evaluated on different audio "
             f"({challenger.tags.get('eval_audio')} vs {champion.tags.get('eval_audio')})"
         )
+    # both figures are lower-is-better; a figure the test audio cannot measure (recall
+    # never reached, too little background) is missing and loses
     if cmp.by == "fah_at_recall":
-        key = f"fah_at_recall_{cmp.recall}"
-        a, b = challenger.figures.get(key), champion.figures.get(key)
-        if a is None:
-            return False, f"the challenger never reaches recall {cmp.recall} on the test audio"
-        if b is None:
-            return True, f"FAH at recall {cmp.recall}: {a:.2f}; the champion never reaches it"
-        return a < b, f"FAH at recall {cmp.recall}: {a:.2f} vs champion {b:.2f} (lower wins)"
-    key = f"frr_at_fah_{cmp.fah}"
+        key, what, digits = f"fah_at_recall_{cmp.recall}", f"FAH at recall {cmp.recall}", 2
+    else:
+        key, what, digits = f"frr_at_fah_{cmp.fah}", f"FRR at FAH {cmp.fah}", 4
     a, b = challenger.figures.get(key), champion.figures.get(key)
     if a is None:
-        return False, f"the challenger's FRR at FAH {cmp.fah} was not measured on the test audio"
+        return False, f"the challenger's {what} was not measured on the test audio"
     if b is None:
-        return True, f"FRR at FAH {cmp.fah}: {a:.4f}; the champion's was not measured"
-    return a < b, f"FRR at FAH {cmp.fah}: {a:.4f} vs champion {b:.4f} (lower wins)"
+        return True, f"{what}: {a:.{digits}f}; the champion's was not measured"
+    return a < b, f"{what}: {a:.{digits}f} vs champion {b:.{digits}f} (lower wins)"
