@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from flows.outcome import failed_on_user_error
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import load_params
 from pipeline_lib.release.project_lock import project_lock
 from pipeline_lib.release.tracking import (
@@ -35,7 +36,7 @@ def log_params_and_version(root: Path, run_id: str) -> None:
     import mlflow
     import yaml
 
-    raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load(Layout(root).params.read_text(encoding="utf-8"))
     flat = {k[:250]: v[:6000] for k, v in flatten_params(raw, "").items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):
@@ -58,7 +59,7 @@ def build(root: str = ".") -> Any:
 def _build(project: Path) -> dict[str, Any]:
     import mlflow
 
-    params = load_params(project / "params.yaml")
+    params = load_params(Layout(project).params)
     with project_lock(project, "build"):
         experiment_id = configure(project, params)
         tags = {"git_commit": git_commit(project), "git_dirty": str(git_dirty(project))}

@@ -17,6 +17,7 @@ from prefect.events import emit_event
 
 from flows.outcome import failed_on_user_error
 from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import load_params
 from pipeline_lib.release import registry
 from pipeline_lib.release.monitor import field_folder, regression, score_field
@@ -49,7 +50,7 @@ def retrain_deployment_served() -> bool:
 @task(name="score-field-audio", cache_policy=NO_CACHE)
 def check_field(root: str, version: int) -> dict[str, Any]:
     project = Path(root)
-    params = load_params(project / "params.yaml")
+    params = load_params(Layout(project).params)
     v = registry.get_version(params, str(version))
     model_dir = registry.download(params, v, project)
     return score_field(model_dir, field_folder(project, params.release.monitor.folder)).as_dict()
@@ -65,7 +66,7 @@ def _monitor(project: Path, channel: str) -> dict[str, Any]:
     import mlflow
 
     logger = get_run_logger()
-    params = load_params(project / "params.yaml")
+    params = load_params(Layout(project).params)
     configure(project, params)
     version = registry.get_version(params, channel)
     recorded = version.figures.get("fah", float("nan"))

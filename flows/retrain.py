@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from flows.build import log_params_and_version, run_stages
 from flows.outcome import failed_on_user_error
 from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import load_params
 from pipeline_lib.release import registry
 from pipeline_lib.release.project_lock import project_lock
@@ -42,7 +43,7 @@ def _retrain(project: Path, reason: str) -> dict[str, Any]:
     import mlflow
 
     logger = get_run_logger()
-    params = load_params(project / "params.yaml")
+    params = load_params(Layout(project).params)
     with project_lock(project, "retrain"):
         experiment_id = configure(project, params)
         tags = {"git_commit": git_commit(project), "soundops.flow": "retrain", "reason": reason}

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.stages import STAGES, run_stage
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def params_check(root: ROOT_OPT = Path()) -> None:
     from pipeline_lib.base.params import load_params
 
     try:
-        params = load_params(root.resolve() / "params.yaml")
+        params = load_params(Layout(root.resolve()).params)
     except SoundopsError as exc:
         _fail(exc)
         return
@@ -236,7 +237,7 @@ def _load(root: Path) -> tuple[Path, Params]:
     from pipeline_lib.base.params import load_params
 
     project = root.resolve()
-    params = load_params(project / "params.yaml")
+    params = load_params(Layout(project).params)
     return project, params
 
 

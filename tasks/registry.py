@@ -18,7 +18,7 @@ from pipeline_lib.release.accept import accept
 @task(name="register", cache_policy=NO_CACHE)
 def register_version(root: str, run_id: str, set_candidate: bool = True) -> dict[str, Any]:
     """Register the exported model; returns the version number and the failed gates."""
-    params = load_params(Path(root) / "params.yaml")
+    params = load_params(Layout(Path(root)).params)
     version, failed = registry.register(Path(root), params, run_id, set_candidate)
     return {"version": version.version, "failed_gates": failed, "figures": version.figures}
 

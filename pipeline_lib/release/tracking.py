@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import Params
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def log_stage(root: Path, stage: str, run_id: str) -> None:
 
     client = MlflowClient()
     spec = stage_spec(root, stage)
-    raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load(Layout(root).params.read_text(encoding="utf-8"))
     params: dict[str, str] = {}
     for key in spec.get("params") or []:
         value: Any = raw

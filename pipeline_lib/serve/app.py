@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline_lib.base.errors import AudioError, SoundopsError
+from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import Params, ServiceParams
 from pipeline_lib.serve.models import (
     FrameError,
@@ -605,7 +606,7 @@ def from_environment() -> FastAPI:
 
     cfg = json.loads(os.environ[ENV_CONFIG])
     root = Path(cfg["root"])
-    params = load_params(root / "params.yaml")
+    params = load_params(Layout(root).params)
     configure(root, params)
     service = ServiceParams.model_validate(cfg["service"])
     TimedH11Protocol.header_timeout_s = service.header_timeout_s  # this worker's connections
