@@ -51,7 +51,7 @@ def path_params(params: Params) -> dict[str, list[tuple[str, Path]]]:
 CODE = "pipeline_lib"  # code deps: no place for audio
 
 
-def _under(path: Path, folder: Path) -> bool:
+def lies_under(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 
 
@@ -65,7 +65,7 @@ def uncovered_path_params(root: Path, params: Params) -> list[str]:
         listed = [project_path(root, Path(d)).resolve() for d in deps[stage]]
         for key, value in entries:
             where = project_path(root, value).resolve()
-            if not any(_under(where, d) for d in listed):
+            if not any(lies_under(where, d) for d in listed):
                 problems.append(
                     f"{key}: {value} lies under none of the {stage} stage's deps in dvc.yaml, "
                     f"so new audio there never reruns {stage}; move it under one of "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_lib.base.dvc_graph import lies_under
 from pipeline_lib.base.params import parse_params
 from pipeline_lib.stages import MODULES
 from tests.conftest import REPO, shipped_params
@@ -113,11 +114,7 @@ def suggested_deps(stage: str, repo: Path = REPO) -> list[str]:
     files = {f for f in closure(MODULES[stage][0], repo) if f.suffix != ".py" or _is_code(repo / f)}
 
     def every(folder: Path) -> set[Path]:
-        return {
-            p.relative_to(repo)
-            for p in (repo / folder).rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts
-        }
+        return _files_under(repo / folder, repo)
 
     out: list[str] = []
     taken: set[Path] = set()
@@ -140,8 +137,13 @@ def suggested_deps(stage: str, repo: Path = REPO) -> list[str]:
     return sorted(out)
 
 
-def _covered(file: Path, dep: str) -> bool:
-    return file == Path(dep) or file.is_relative_to(dep)
+def _files_under(folder: Path, repo: Path) -> set[Path]:
+    """Every file in ``folder``, relative to ``repo``, as DVC hashes a folder dep."""
+    return {
+        p.relative_to(repo)
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def contract_problems(dvc: dict[str, dict[str, object]], repo: Path = REPO) -> list[str]:
@@ -152,20 +154,14 @@ def contract_problems(dvc: dict[str, dict[str, object]], repo: Path = REPO) -> l
         code = [d for d in deps if d.startswith("pipeline_lib")]
         files = closure(MODULES[stage][0], repo)
         missing = sorted(
-            str(f) for f in files if _is_code(repo / f) and not any(_covered(f, d) for d in code)
+            str(f)
+            for f in files
+            if _is_code(repo / f) and not any(lies_under(f, Path(d)) for d in code)
         )
         if missing:
             problems.append(f"{stage}: loads {', '.join(missing)} but dvc.yaml does not list it")
         for dep in code:
-            listed = (
-                {
-                    p.relative_to(repo)
-                    for p in (repo / dep).rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts
-                }
-                if (repo / dep).is_dir()
-                else {Path(dep)}
-            )
+            listed = _files_under(repo / dep, repo) if (repo / dep).is_dir() else {Path(dep)}
             unused = sorted(str(p) for p in listed if p not in files and _is_code(repo / p))
             if unused:
                 problems.append(f"{stage}: lists {dep} but never loads {', '.join(unused)}")

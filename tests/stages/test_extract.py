@@ -4,7 +4,6 @@ and the same bytes whatever the worker count."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from pipeline_lib.artifacts.store import Store
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import load_params
 from pipeline_lib.stages import STAGES
-from tests.conftest import shipped_params
+from tests.conftest import folder_digest, shipped_params
 from tests.stages.test_dvc_pipeline import tiny
 
 
@@ -72,13 +71,6 @@ def test_views_for_train_only_and_normalisation_from_train(
 
 
 def test_the_same_store_whatever_the_workers(split_project: Path, tmp_path: Path) -> None:
-    def digest(layout: Layout) -> dict[str, str]:
-        return {
-            p.relative_to(layout.features).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(layout.features.rglob("*"))
-            if p.is_file()
-        }
-
-    one = digest(_extract(split_project, tmp_path / "one", workers=1))
-    two = digest(_extract(split_project, tmp_path / "two", workers=2))
+    one = folder_digest(_extract(split_project, tmp_path / "one", workers=1).features)
+    two = folder_digest(_extract(split_project, tmp_path / "two", workers=2).features)
     assert one == two and {"train.npy", "val.csv", "norm.json", "rirs.npy"} <= set(one)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from pipeline_lib.base.params import parse_params
 from pipeline_lib.stages.generate.corpus import generate_corpus
 from pipeline_lib.stages.generate.phrases import confusables
 from pipeline_lib.stages.generate.tts import SpeechSession
-from tests.conftest import REPO
+from tests.conftest import REPO, folder_digest
 
 
 def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
@@ -35,14 +34,6 @@ def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
         "stream_minutes": 0.1,
     }
     return raw
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +54,8 @@ def test_deterministic_whatever_the_workers(tmp_path: Path, raw_params: dict[str
     raw["runtime"]["workers"] = 2
     generate_corpus(parse_params(raw), Layout(tmp_path / "b"))
     a, b = (
-        _digest(tmp_path / "a" / "data" / "generated"),
-        _digest(tmp_path / "b" / "data" / "generated"),
+        folder_digest(tmp_path / "a" / "data" / "generated"),
+        folder_digest(tmp_path / "b" / "data" / "generated"),
     )
     assert a == b and len(a) == 24 + 3 + 2 + 2  # clips, streams, mining pool, tables
 
