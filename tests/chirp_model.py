@@ -28,6 +28,8 @@ from tests.conftest import shipped_params
 RATE = 16000
 CHIRP_S = 0.6
 OPTIONS = {"channels": 16, "blocks": 2, "stride": [2, 2]}
+# the streaming DS-CNN on the same window: 29 steps of 5 frames after an 8-frame kernel
+STREAM_OPTIONS = {"channels": 16, "blocks": 2, "first_kernel": 8, "kernel": 5}
 
 
 def chirp(rising: bool = True, amp: float = 0.4) -> np.ndarray:
@@ -60,7 +62,9 @@ def scene(
     return np.clip(out, -1, 1)
 
 
-def train(seed: int = 0) -> tuple[nn.Module, ModelSpec, np.ndarray]:
+def train(
+    seed: int = 0, arch: str = "dscnn", options: dict[str, object] | None = None
+) -> tuple[nn.Module, ModelSpec, np.ndarray]:
     """Five minutes of generated audio through the configured front end, a few epochs;
     the model, its spec and some training windows (for quantisation ranges)."""
     feats_cfg = shipped_params()["features"]
@@ -89,7 +93,8 @@ def train(seed: int = 0) -> tuple[nn.Module, ModelSpec, np.ndarray]:
     y = pos[keep].astype(np.int64)
     mean, std = x.mean(axis=(0, 1)), x.std(axis=(0, 1)) + 1e-3
     torch.manual_seed(seed)
-    net = build("dscnn", 2, frames, bins, **OPTIONS)
+    options = dict(OPTIONS if options is None else options)
+    net = build(arch, 2, frames, bins, **options)
     xn = torch.from_numpy((x - mean) / std)[:, None]
     yt = torch.from_numpy(y)
     opt = torch.optim.Adam(net.parameters(), lr=0.005)
@@ -105,7 +110,7 @@ def train(seed: int = 0) -> tuple[nn.Module, ModelSpec, np.ndarray]:
     net.eval()
     n_params, macs = count_params_macs(net, frames, bins)
     spec = ModelSpec(
-        arch="dscnn",
+        arch=arch,
         classes={"other": ["noise"], "target": ["target"]},
         frames=frames,
         bins=bins,
@@ -115,7 +120,7 @@ def train(seed: int = 0) -> tuple[nn.Module, ModelSpec, np.ndarray]:
         norm_std=[float(v) for v in std],
         params=n_params,
         macs=macs,
-        options=dict(OPTIONS),
+        options=options,
     )
     return net, spec, x[:256]
 
@@ -131,9 +136,11 @@ def calibration() -> dict[str, object]:
     }
 
 
-def export(folder: Path, seed: int = 0) -> Path:
+def export(
+    folder: Path, seed: int = 0, arch: str = "dscnn", options: dict[str, object] | None = None
+) -> Path:
     """``model_int8.onnx``, ``model_int8.tflite`` and ``device_manifest.json`` in ``folder``."""
-    net, spec, rep = train(seed)
+    net, spec, rep = train(seed, arch, options)
     folder.mkdir(parents=True, exist_ok=True)
     cal = calibration()
     graph, quantizer = quantize.quantize_pt2e(net, spec.frames, spec.bins, spec.normalise(rep))

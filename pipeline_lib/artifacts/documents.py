@@ -129,6 +129,45 @@ class Parity(_Doc):
     tflm_vs_onnx: StepAgreement
 
 
+class StreamSteps(_Doc):
+    """The streaming model in TFLite Micro against the whole-window INT8 model on the same
+    windows, in steps of the device's uint8 probability (1/256)."""
+
+    windows: int
+    max_steps: int
+    mean_steps: float
+    within_one_step: float
+    decision_agreement: float
+
+
+class DeviceRate(Rate):
+    """The ESPHome model run by pymicro-wakeword from its manifest (sliding mean, cutoff),
+    against the whole-window INT8 model with the calibrated rule, on the same audio."""
+
+    recall: Num
+    whole_fah: Num
+    whole_recall: Num
+    fah_increase: Num
+    recall_drop: Num
+
+
+class EsphomeDoc(_Doc):
+    """The ESPHome ``micro_wake_word`` pair: ``esphome/<name>.json`` and ``.tflite``."""
+
+    wake_word: str
+    manifest: str  # path inside the export folder
+    tflite_bytes: int
+    arena_bytes: int  # measured by TensorFlow Lite Micro
+    tensor_arena_size: int  # in the manifest: measured plus export.arena_margin_bytes
+    stride: int
+    probability_cutoff: float
+    sliding_window_size: int
+    variables: int
+    ops: list[str]
+    vs_whole_window: StreamSteps
+    device: DeviceRate
+
+
 class TargetFit(_Doc):
     fits: bool
     ram_bytes: int
@@ -147,6 +186,8 @@ class ExportDoc(_Doc):
     macs: int
     parity: Parity
     targets: dict[str, TargetFit]
+    esphome: EsphomeDoc | None  # None when the model cannot stream (esphome_skipped says why)
+    esphome_skipped: str | None
 
 
 def load_doc(path: Path, kind: type[D], stage: str) -> D:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pipeline_lib.artifacts.documents import RuntimeParity, StepAgreement
+from pipeline_lib.artifacts.documents import EsphomeDoc, RuntimeParity, StepAgreement
 from pipeline_lib.base.params import Params
 
 
@@ -44,5 +44,33 @@ def parity_gate_failures(
             f"TFLite Micro and onnxruntime INT8 differ by {steps.mean_steps:.2f} output "
             f"steps on average over {steps.windows} windows (at most {steps.max_steps}) "
             f"> export.gates.max_tflm_onnx_mean_steps {g.max_tflm_onnx_mean_steps}"
+        )
+    return failed
+
+
+def esphome_gate_failures(params: Params, doc: EsphomeDoc) -> list[str]:
+    """The ESPHome model against the whole-window INT8 model: the same FAH and recall gates
+    as INT8 against FP32, and a bound on how far its probabilities are from the model's."""
+    g = params.export.gates
+    d = doc.device
+    failed = []
+    lower = _n(d.fah) if d.fah_lo is None else d.fah_lo
+    if _n(d.fah_increase) > g.max_fah_increase and lower > _n(d.whole_fah) + g.max_fah_increase:
+        failed.append(
+            f"ESPHome model FAH {_n(d.fah):.2f} (95% lower bound {lower:.2f}) in "
+            f"pymicro-wakeword vs {_n(d.whole_fah):.2f} whole-window over {d.hours:.2f} h "
+            f"(> export.gates.max_fah_increase {g.max_fah_increase} beyond chance)"
+        )
+    if _n(d.recall_drop) > g.max_recall_drop:
+        failed.append(
+            f"ESPHome model recall {_n(d.recall):.4f} vs {_n(d.whole_recall):.4f} whole-window "
+            f"(drop {_n(d.recall_drop):.4f} > export.gates.max_recall_drop {g.max_recall_drop})"
+        )
+    s = doc.vs_whole_window
+    if s.mean_steps > g.max_stream_mean_steps:
+        failed.append(
+            f"the streaming model's probability is {s.mean_steps:.2f} uint8 steps from the "
+            f"whole-window model's on average over {s.windows} windows "
+            f"> export.gates.max_stream_mean_steps {g.max_stream_mean_steps}"
         )
     return failed

@@ -347,7 +347,7 @@ class AugmentParams(_Strict):
 
 
 class ModelParams(_Strict):
-    arch: Literal["dscnn", "tcresnet8", "bcresnet1", "bcresnet2", "teacher"]
+    arch: Literal["stream_dscnn", "dscnn", "tcresnet8", "bcresnet1", "bcresnet2", "teacher"]
     options: dict[str, float | int | list[int]]  # constructor arguments (width, channels, ...)
 
     @model_validator(mode="after")
@@ -474,6 +474,7 @@ class ExportGates(_Strict):
     max_recall_drop: Annotated[float, Field(ge=0, le=1)]
     min_decision_agreement: Annotated[float, Field(ge=0, le=1)]
     max_tflm_onnx_mean_steps: Annotated[float, Field(ge=0)]
+    max_stream_mean_steps: Annotated[float, Field(ge=0)]
 
 
 class VerifierParams(_Strict):
@@ -492,12 +493,21 @@ class VerifierParams(_Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
 
 
+class EsphomeParams(_Strict):
+    """The ESPHome micro_wake_word manifest (version 2) written beside the streaming model."""
+
+    wake_word: str | None  # null: generate.phrase, capitalised
+    trained_languages: Annotated[list[str], Field(min_length=1)]
+    minimum_esphome_version: Annotated[str, Field(pattern=r"^\d{4}\.\d{1,2}\.\d+$")]
+
+
 class ExportParams(_Strict):
     """INT8 artifacts for microcontrollers and the checks that they behave as FP32 does."""
 
     representative: Annotated[int, Field(ge=16, le=MAX_COUNT)]
     tflm_background_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)]
     arena_margin_bytes: Annotated[int, Field(ge=0)]
+    esphome: EsphomeParams
     gates: ExportGates
     targets: Annotated[list[McuTarget], Field(min_length=1)]
 

@@ -43,6 +43,7 @@ EXPORT_FILES = (
 )
 # files a version carries when its build made them: the server-side verifier
 OPTIONAL_FILES = ("verifier.npz", "verifier.json")
+ESPHOME_DIR = "esphome"  # the ESPHome micro_wake_word pair, when the model streams
 BUNDLE_FILES = (
     "model_int8.tflite",
     "model_int8.onnx",
@@ -79,7 +80,16 @@ def file_digests(export: Path) -> dict[str, str]:
 
 
 def _present(export: Path) -> tuple[str, ...]:
-    return EXPORT_FILES + tuple(f for f in OPTIONAL_FILES if (export / f).is_file())
+    esphome = export / ESPHOME_DIR
+    pair = sorted(f"{ESPHOME_DIR}/{p.name}" for p in esphome.glob("*")) if esphome.is_dir() else []
+    return EXPORT_FILES + tuple(f for f in OPTIONAL_FILES if (export / f).is_file()) + tuple(pair)
+
+
+def _esphome_files(version: Version) -> tuple[str, ...]:
+    """The ESPHome pair a version carries (``esphome/NAME.json`` and ``.tflite``), from the
+    digests recorded when it was registered."""
+    names = (k.removeprefix(DIGEST_TAG) for k in version.tags if k.startswith(DIGEST_TAG))
+    return tuple(sorted(n for n in names if n.startswith(f"{ESPHOME_DIR}/")))
 
 
 def _client() -> Any:
@@ -242,7 +252,8 @@ def register(
             pip_requirements=["onnxruntime", "numpy"],
         )
         for file in _present(export):
-            mlflow.log_artifact(str(export / file), "export")
+            folder = "/".join(["export", *file.split("/")[:-1]])
+            mlflow.log_artifact(str(export / file), folder)
         mlflow.log_dict(dv, "data_version.json")
         mlflow.log_metrics({f"release.{k}": v for k, v in figs.items()})
     client = _client()
@@ -378,18 +389,20 @@ def write_bundle(params: Params, version: Version, root: Path, channel: str) -> 
     """``releases/CHANNEL/vN/``: the INT8 files, device manifest, model card, SHA256SUMS
     and release.json; written to a staging folder and renamed into place."""
     check_channel(channel)
-    files = download(params, version, root)
+    shipped = BUNDLE_FILES + _esphome_files(version)
+    files = download(params, version, root, EXPORT_FILES + _esphome_files(version))
     dest = root / "releases" / channel / f"v{version.version}"
     staging = dest.with_name(f".{dest.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in BUNDLE_FILES:
+    for name in shipped:
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files / name, staging / name)
-    bad = _digest_mismatch(version, staging, BUNDLE_FILES)  # the copy, as it will ship
+    bad = _digest_mismatch(version, staging, shipped)  # the copy, as it will ship
     if bad:
         shutil.rmtree(staging, ignore_errors=True)
         raise SoundopsError(f"releases/{channel}: {bad} changed while the bundle was written.")
-    sums = "".join(f"{sha256(staging / n)}  {n}\n" for n in BUNDLE_FILES)
+    sums = "".join(f"{sha256(staging / n)}  {n}\n" for n in shipped)
     write_text(staging / "SHA256SUMS", sums)
     write_json(
         staging / "release.json",

@@ -168,6 +168,13 @@ def test_promote_refuses_failing_accepts_passing_and_rolls_back(built: Built) ->
     for line in sums:
         digest, name = line.split()
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
+    # the ESPHome pair ships too: a manifest naming the streaming model beside it
+    (manifest,) = (bundle / "esphome").glob("*.json")
+    doc = json.loads(manifest.read_text())
+    assert doc["version"] == 2 and (manifest.parent / doc["model"]).is_file()
+    assert {f"esphome/{manifest.name}", f"esphome/{doc['model']}"} <= {
+        line.split()[1] for line in sums
+    }
     assert (built.root / "releases" / "edge" / "CURRENT").read_text().strip() == "v2"
     back = registry.rollback(params, "edge", built.root)
     assert back.version == before == registry.get_version(params, "edge").version

@@ -15,10 +15,12 @@ from torch import nn
 
 from pipeline_lib.detect.models.bcresnet import BCResNet
 from pipeline_lib.detect.models.dscnn import DSCNN
+from pipeline_lib.detect.models.stream_dscnn import StreamDSCNN
 from pipeline_lib.detect.models.tcresnet import TCResNet8
 from pipeline_lib.detect.models.teacher import Teacher
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
+    "stream_dscnn": StreamDSCNN,
     "dscnn": DSCNN,
     "tcresnet8": TCResNet8,
     "bcresnet1": lambda **kw: BCResNet(width=1, **kw),

@@ -113,11 +113,18 @@ def manifest(
         "refractory_ms": round(rule.refractory_s * 1000),
         "operating_point": calibration.preset,
         "arena_alloc_bytes": arena_bytes,  # measured + export.arena_margin_bytes
-        "files": {name: {"path": p.name, "sha256": sha256(p)} for name, p in files.items()},
+        "files": {
+            name: {"path": _beside(p, files), "sha256": sha256(p)} for name, p in files.items()
+        },
         # for host tools (`soundops score model_int8.tflite`): the full spec and calibration
         "spec": asdict(spec),
         "calibration": calibration.raw,
     }
+
+
+def _beside(path: Path, files: dict[str, Path]) -> str:
+    """``path`` relative to the folder of the first file (the export folder)."""
+    return path.relative_to(next(iter(files.values())).parent).as_posix()
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -33,7 +33,7 @@ from pipeline_lib.artifacts.documents import (
     write_doc,
 )
 from pipeline_lib.artifacts.manifests import load_split_manifest
-from pipeline_lib.artifacts.parity_gates import parity_gate_failures
+from pipeline_lib.artifacts.parity_gates import esphome_gate_failures, parity_gate_failures
 from pipeline_lib.base import html_page
 from pipeline_lib.base.atomic import atomic_path, write_json
 from pipeline_lib.base.errors import SoundopsError
@@ -52,7 +52,7 @@ from pipeline_lib.detect.runtimes import (
 )
 from pipeline_lib.detect.streaming import Calibration, score_file
 from pipeline_lib.detect.tflm import TflmScorer, measure_arena
-from pipeline_lib.stages.export import bundle
+from pipeline_lib.stages.export import bundle, esphome, esphome_pair
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
             budget_s -= dur if with_tflm else 0
             bg.append((dur, series))
         tee = _Tee(ref, {ORT: ort, TFLM: tflm}, steps)
-        _, spans, scored = positive_stream(frame, layout, params, tee, cal)
+        pos_audio, spans, scored = positive_stream(frame, layout, params, tee, cal)
         pos = _series(scored.times, tee.take(), cal)
         parity = Parity(
             clips=clips,
@@ -276,6 +276,26 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         failed = parity_gate_failures(params, parity.runtimes, parity.tflm_vs_onnx)
         if failed:
             raise SoundopsError("export: INT8 gate(s) failed: " + "; ".join(failed) + ".")
+        skipped = esphome.unstreamable_reason(spec)
+        esp = None
+        if skipped is None:
+            o_run = parity.runtimes[ORT]
+            esp = esphome_pair.write_pair(
+                params,
+                spec,
+                cal,
+                tflite,
+                ort,
+                out,
+                [layout.ingest / str(r.path) for r in streams.itertuples()],
+                (pos_audio, spans),
+                (o_run.fah, o_run.recall),
+            )
+            failed = esphome_gate_failures(params, esp)
+            if failed:
+                raise SoundopsError("export: ESPHome gate(s) failed: " + "; ".join(failed) + ".")
+        else:
+            log.info("export: no ESPHome model: %s", skipped)
 
         bundle.c_array(tflite, out / "model_data.h", out / "model_data.cc")
         feature_bytes = spec.frames * spec.bins  # the int8 input window
@@ -294,6 +314,11 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
             "onnx_int8": int8_onnx,
             "onnx_fp32": fp32_onnx,
         }
+        if esp is not None:
+            files["esphome_manifest"] = out / esp.manifest
+            files["esphome_tflite"] = (
+                out / esphome_pair.FOLDER / f"{Path(esp.manifest).stem}.tflite"
+            )
         manifest = bundle.manifest(spec, cal, tflm.io(), arena + ex.arena_margin_bytes, files)
         manifest["targets"] = rows
         write_json(out / "device_manifest.json", manifest)
@@ -311,6 +336,8 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
                 )
                 for r in rows
             },
+            esphome=esp,
+            esphome_skipped=skipped,
         )
         evaluation = load_doc(layout.metrics / "evaluate.json", EvaluateDoc, "evaluate")
         (out / "model_card.md").write_text(

@@ -1,0 +1,176 @@
+"""The ESPHome pair: the trained detector rebuilt as a streaming INT8 model with a
+version-2 manifest, loaded by pymicro-wakeword as ESPHome's loader, and checked against the
+whole-window model ``soundops score`` runs, in time, in ops and in memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline_lib.artifacts.parity_gates import esphome_gate_failures
+from pipeline_lib.base.errors import SoundopsError
+from pipeline_lib.base.params import Params
+from pipeline_lib.detect import decision, metrics
+from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.runtimes import OnnxScorer, load_scorer
+from pipeline_lib.detect.streaming import Calibration, FrontEnd, score_file
+from pipeline_lib.detect.tflm import StreamingTflm, TflmScorer, measure_arena
+from pipeline_lib.stages.export import esphome, esphome_pair
+from tests import chirp_model
+from tests.conftest import shipped_params, write_audio
+
+RATE = chirp_model.RATE
+CHIRPS = [4.0, 13.0, 22.5, 31.0, 44.0, 53.5]
+DECOYS = [8.5, 27.0, 48.5]
+# ESPHome's v2 manifest schema (micro_wake_word/__init__.py): required keys
+V2_KEYS = {"type", "model", "author", "version", "wake_word", "trained_languages", "micro"}
+V2_MICRO = {
+    "feature_step_size",
+    "tensor_arena_size",
+    "probability_cutoff",
+    "sliding_window_size",
+    "minimum_esphome_version",
+}
+
+
+def _params() -> Params:
+    raw = shipped_params()
+    raw["export"]["esphome"]["wake_word"] = "rising chirp"
+    return Params.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("esphome")
+    folder = chirp_model.export(root / "export", 0, "stream_dscnn", chirp_model.STREAM_OPTIONS)
+    spec = ModelSpec(**json.loads((folder / "device_manifest.json").read_text())["spec"])
+    cal = Calibration.from_dict(chirp_model.calibration())
+    params = _params()
+    background = root / "background.wav"
+    write_audio(background, chirp_model.scene(90.0, [], 7, [10.0, 40.0, 70.0]), RATE)
+    scene = chirp_model.scene(60.0, CHIRPS, 3, DECOYS)
+    spans = [(t, t + chirp_model.CHIRP_S) for t in CHIRPS]
+    whole = OnnxScorer(folder / "model_int8.onnx")
+    fs = score_file(background, whole, cal)
+    pos = score_file(_wav(root / "scene.wav", scene), whole, cal)
+    match = metrics.match_events(pos.scored.events, spans, spec.frames * 0.01, 0.5)
+    whole_rate = (len(fs.scored.events) / (fs.duration_s / 3600), match.recall)
+    doc = esphome_pair.write_pair(
+        params, spec, cal, folder / "model_int8.tflite", whole, folder, [background],
+        (scene, spans), whole_rate,
+    )  # fmt: skip
+    return {
+        "folder": folder, "doc": doc, "spec": spec, "cal": cal, "params": params,
+        "scene": root / "scene.wav", "audio": scene,
+    }  # fmt: skip
+
+
+def _wav(path: Path, audio: np.ndarray) -> Path:
+    write_audio(path, audio, RATE)
+    return path
+
+
+def _pymicro_events(manifest: Path, audio: np.ndarray, refractory_s: float) -> list[float]:
+    """Detections as pymicro-wakeword makes them: its front end, its stride and sliding
+    mean, ``prob > cutoff``; one per refractory time."""
+    from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures
+
+    mww = MicroWakeWord.from_config(manifest)
+    feats = MicroWakeWordFeatures()
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    events: list[float] = []
+    for frame, f in enumerate(feats.process_streaming(pcm), start=1):
+        fired = mww.process_streaming(f)
+        t = frame * 0.01  # frames seen, the clock the pipeline's detector keeps
+        if fired and (not events or t - events[-1] >= refractory_s):
+            events.append(t)
+    return events
+
+
+def test_pymicro_wakeword_hears_what_soundops_score_hears(pair: dict[str, Any]) -> None:
+    doc = pair["doc"]
+    manifest = pair["folder"] / doc.manifest
+    got = _pymicro_events(manifest, pair["audio"], pair["cal"].rule.refractory_s)
+    whole = score_file(
+        pair["scene"], load_scorer(pair["folder"] / "model_int8.tflite"), pair["cal"]
+    )
+    want = [t for t, _ in whole.scored.events]
+    assert len(want) == len(CHIRPS)  # the whole-window model hears every chirp, no decoy
+    assert len(got) == len(want), (got, want)
+    hop = pair["cal"].rule.hop_s
+    # the device decides every 50 ms, the pipeline every hop: within one hop
+    assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= hop + 1e-9
+
+
+def test_the_manifest_is_what_esphome_reads(pair: dict[str, Any]) -> None:
+    doc = pair["doc"]
+    m = json.loads((pair["folder"] / doc.manifest).read_text())
+    assert set(m) >= V2_KEYS and set(m["micro"]) >= V2_MICRO
+    assert m["version"] == 2 and m["type"] == "micro" and m["wake_word"] == "Rising chirp"
+    assert m["model"] == "rising_chirp.tflite" and m["micro"]["feature_step_size"] == 10
+    assert m["micro"]["probability_cutoff"] == pytest.approx(pair["cal"].rule.threshold)
+    # smoothing 2 windows 100 ms apart = 4 probabilities 50 ms apart
+    assert m["micro"]["sliding_window_size"] == 4 and doc.stride == 5
+
+
+def test_only_esphome_ops_and_an_arena_tflm_measured(pair: dict[str, Any]) -> None:
+    doc = pair["doc"]
+    tflite = pair["folder"] / "esphome" / "rising_chirp.tflite"
+    ops = esphome.op_names(tflite)
+    assert ops <= esphome.ESPHOME_OPS, ops - esphome.ESPHOME_OPS
+    assert {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"} <= ops
+    m = json.loads((pair["folder"] / doc.manifest).read_text())
+    measured = measure_arena(tflite)
+    assert m["micro"]["tensor_arena_size"] >= measured == doc.arena_bytes
+    stream = StreamingTflm(tflite, m["micro"]["tensor_arena_size"])
+    assert stream.probabilities(np.zeros((50, 40), np.float32)).shape == (10,)
+    with pytest.raises(SoundopsError, match="cannot allocate"):
+        StreamingTflm(tflite, measured // 4).probabilities(np.zeros((50, 40), np.float32))
+
+
+def test_streaming_matches_the_whole_window_model_step_for_step(pair: dict[str, Any]) -> None:
+    """After a window's worth of steps the streaming model computes what the whole-window
+    model computes on that window: the same integers but for the folded input and head."""
+    spec, cal = pair["spec"], pair["cal"]
+    folder = pair["folder"]
+    feats = FrontEnd(spec.feature_params, RATE).push(pair["audio"])
+    stream = StreamingTflm(folder / "esphome" / "rising_chirp.tflite", 60000)
+    on_grid = (stream.quantize(feats).astype(np.float32) + 128) * esphome.INPUT_SCALE
+    probs = stream.probabilities(feats)
+    ends = np.arange(1, probs.size + 1) * stream.stride
+    keep = ends >= spec.frames
+    whole = TflmScorer(folder / "model_int8.tflite", spec, 60000)
+    wins = np.stack([on_grid[e - spec.frames : e] for e in ends[keep]])
+    p = decision.event_probability(whole.logits(wins), cal.temperature)
+    steps = np.abs(np.round(p * 256) - probs[keep])
+    assert (steps <= 1).mean() >= 0.8 and steps.mean() <= 2.0, np.bincount(steps.astype(int))
+    doc = pair["doc"].vs_whole_window
+    assert doc.windows > 0 and doc.mean_steps <= pair["params"].export.gates.max_stream_mean_steps
+
+
+def test_the_device_figures_pass_the_export_gates(pair: dict[str, Any]) -> None:
+    doc = pair["doc"]
+    assert doc.device.recall == 1.0 and doc.device.false_alarms == 0
+    assert esphome_gate_failures(pair["params"], doc) == []
+    worse = doc.model_copy(
+        update={"device": doc.device.model_copy(update={"recall": 0.5, "recall_drop": 0.5})}
+    )
+    assert "recall" in esphome_gate_failures(pair["params"], worse)[0]
+
+
+def test_a_model_that_cannot_stream_is_named(pair: dict[str, Any], tmp_path: Path) -> None:
+    whole = pair["folder"] / "model_int8.tflite"
+    for change, words in [
+        ({"arch": "dscnn"}, "model.arch dscnn does not stream"),
+        ({"classes": {"a": ["x"], "b": ["y"], "c": ["z"]}}, "has 3 classes"),
+        ({"features": {**pair["spec"].features, "front_end": "logmel"}}, "must be micro"),
+    ]:
+        spec = dataclasses.replace(pair["spec"], **change)
+        with pytest.raises(SoundopsError, match=words):
+            esphome.build_streaming(whole, spec, 1.0, tmp_path / "x.tflite")
+    assert not (tmp_path / "x.tflite").exists()
