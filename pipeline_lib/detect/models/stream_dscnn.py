@@ -10,7 +10,10 @@ in that form, with TFLite resource variables holding the buffers, and the stream
 then computes, step for step, what the whole-window model computes on the same window.
 
 On a 1.5 s micro_speech window (148 x 40) with the defaults: stride 5 (one step per 50 ms),
-29 steps after the first convolution, 13 after four depthwise blocks of kernel 5.
+29 steps after the first convolution, 5 after four depthwise blocks of kernel 7, so each
+of those steps hears 1.28 s. On the demo phrase, kernel 5 (0.88 s heard, a phrase of two
+words barely inside) needed a calibrated threshold of 0.994 and heard 83% of the test
+positives; kernel 7 heard 90% at 0.92.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class StreamDSCNN(nn.Module):
         blocks: int = 4,
         first_kernel: int = 8,
         stride: int = 5,
-        kernel: int = 5,
+        kernel: int = 7,
         dropout: float = 0.2,
     ) -> None:
         super().__init__()

@@ -180,6 +180,22 @@ def model_card(
             f"{p.hours:.2f} h, recall {_num(p.recall, 3)}, decision agreement with FP32 "
             f"{p.decision_agreement:.4f}, max score difference {p.max_score_diff:.4f}."
         )
+    esp = export.esphome
+    lines += ["", "## ESPHome micro_wake_word"]
+    if esp is None:
+        lines.append(f"- Not written: {export.esphome_skipped}.")
+    else:
+        d = esp.device
+        lines += [
+            f"- `{esp.manifest}` (version 2) beside its streaming INT8 model: "
+            f"{esp.tflite_bytes:,} bytes, tensor arena {esp.tensor_arena_size:,} bytes, "
+            f"{esp.stride} feature frames per step, cutoff {esp.probability_cutoff}, "
+            f"sliding window {esp.sliding_window_size}.",
+            f"- Run by pymicro-wakeword from the manifest: FAH {_num(d.fah, 2)} "
+            f"({_num(d.fah_lo, 2)}-{_num(d.fah_hi, 2)}) over {d.hours:.2f} h, recall "
+            f"{_num(d.recall, 3)} (whole-window INT8: FAH {_num(d.whole_fah, 2)}, recall "
+            f"{_num(d.whole_recall, 3)}).",
+        ]
     lines += ["", "## Targets (latency is an estimate from MACs, not a measurement)"]
     lines += [
         f"- {b['description']}: RAM {b['ram_bytes'] / 1024:.1f} of "

@@ -67,7 +67,6 @@ def manifest(
         "type": "micro",
         "wake_word": name,
         "author": "soundops",
-        "website": "https://github.com/soundops/soundops",
         "model": model,
         "trained_languages": list(e.trained_languages),
         "version": 2,

@@ -12,6 +12,7 @@ manifest, budgets, model card) is written only for a model that passed.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import shutil
@@ -422,14 +423,34 @@ def _report(
         include={"tflite_bytes", "onnx_int8_bytes", "onnx_fp32_bytes", "arena_bytes"}
     )
     steps = doc.parity.tflm_vs_onnx
+    sections = [
+        ("Sizes", html_page.table(pd.DataFrame([sizes]))),
+        ("Parity with FP32 on the evaluation audio", html_page.table(runtime_rows)),
+        ("Scores, INT8 against FP32", f'<img src="{plot}" alt="INT8 vs FP32 scores">'),
+        ("Targets (latency estimated from MACs)", html_page.table(pd.DataFrame(rows))),
+    ]
+    esp = doc.esphome
+    if esp is not None:
+        pair = {"manifest": esp.manifest} | esp.model_dump(
+            include={"tflite_bytes", "arena_bytes", "tensor_arena_size", "stride",
+                     "probability_cutoff", "sliding_window_size"}
+        )  # fmt: skip
+        checks = pd.DataFrame(
+            [
+                {"check": "TFLite Micro streaming vs whole-window INT8 (uint8 steps)"}
+                | esp.vs_whole_window.model_dump(),
+                {"check": "pymicro-wakeword from the manifest vs whole-window INT8"}
+                | esp.device.model_dump(),
+            ]
+        )
+        sections.insert(1, ("ESPHome micro_wake_word model", html_page.table(pd.DataFrame([pair]))))
+        sections.insert(3, ("ESPHome model on the evaluation audio", html_page.table(checks)))
+    else:
+        why = html.escape(doc.esphome_skipped or "")
+        sections.insert(1, ("ESPHome micro_wake_word model", f"<p>Not written: {why}.</p>"))
     return html_page.page(
         f"INT8 export: {spec.arch}",
-        [
-            ("Sizes", html_page.table(pd.DataFrame([sizes]))),
-            ("Parity with FP32 on the evaluation audio", html_page.table(runtime_rows)),
-            ("Scores, INT8 against FP32", f'<img src="{plot}" alt="INT8 vs FP32 scores">'),
-            ("Targets (latency estimated from MACs)", html_page.table(pd.DataFrame(rows))),
-        ],
+        sections,
         intro=(
             f"TFLite Micro and onnxruntime INT8 differ by at most "
             f"{steps.max_steps} output step(s) on the {steps.windows} windows both ran; "
