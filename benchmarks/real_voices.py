@@ -320,11 +320,20 @@ def peer(name: str, pos: Positives, streams: list[Path], refractory_s: float) ->
     """microWakeWord's model as ESPHome runs it: its features, stride, sliding mean."""
     import importlib.resources
 
+    cfg = Path(str(importlib.resources.files("pymicro_wakeword") / "models" / f"{name}.json"))
+    label = f"microWakeWord INT8 ({name}, pymicro-wakeword)"
+    return manifest_model(cfg, label, pos, streams, refractory_s)
+
+
+def manifest_model(
+    cfg: Path, label: str, pos: Positives, streams: list[Path], refractory_s: float
+) -> dict[str, Any]:
+    """A micro_wake_word manifest (microWakeWord's, or the copy's own ESPHome export) run
+    by pymicro-wakeword as ESPHome runs it: its features, stride, sliding mean."""
     from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures
 
     from pipeline_lib.stages import evaluate
 
-    cfg = Path(str(importlib.resources.files("pymicro_wakeword") / "models" / f"{name}.json"))
     mww = MicroWakeWord.from_config(cfg)
 
     def run_peer(x: np.ndarray) -> Any:
@@ -352,7 +361,7 @@ def peer(name: str, pos: Positives, streams: list[Path], refractory_s: float) ->
         recs.append(evaluate.Recording(p.name, p.stem, p, x.size / 16000, run_peer(x)))
     scored = run_peer(pos.audio)
     out = figures(recs, scored, pos.spans, mww.probability_cutoff, refractory_s, 1.5)
-    out["model"] = f"microWakeWord INT8 ({name}, pymicro-wakeword)"
+    out["model"] = label
     out["preset"] = {"name": "its probability_cutoff", "target_fah": None}
     out["tflite_bytes"] = Path(mww.tflite_model).stat().st_size
     out["arena_bytes"] = int(json.loads(cfg.read_text())["micro"]["tensor_arena_size"])
@@ -641,6 +650,9 @@ def main() -> None:
             )
         )
         results.append(ver[0])
+    for esp in sorted((root / "data" / "export" / "esphome").glob("*.json")):
+        label = f"soundops ESPHome streaming INT8 ({esp.name}, pymicro-wakeword)"
+        results.append(manifest_model(esp, label, pos, streams, refractory))
     if args.phrase.lower() in PEERS:
         results.append(peer(PEERS[args.phrase.lower()], pos, streams, refractory))
     score_s = time.perf_counter() - t0

@@ -28,8 +28,10 @@ from tests.conftest import shipped_params
 RATE = 16000
 CHIRP_S = 0.6
 OPTIONS = {"channels": 16, "blocks": 2, "stride": [2, 2]}
-# the streaming DS-CNN on the same window: 29 steps of 5 frames after an 8-frame kernel
-STREAM_OPTIONS = {"channels": 16, "blocks": 2, "first_kernel": 8, "kernel": 5}
+# the streaming DS-CNN on a 1.52 s window (150 frames, a multiple of its 5-frame stride, so
+# the bench's windows end where the device's steps do): 29 steps after a 10-frame kernel
+STREAM_OPTIONS = {"channels": 16, "blocks": 2, "first_kernel": 10, "kernel": 5}
+STREAM_WINDOW_S = 1.52
 
 
 def chirp(rising: bool = True, amp: float = 0.4) -> np.ndarray:
@@ -63,11 +65,16 @@ def scene(
 
 
 def train(
-    seed: int = 0, arch: str = "dscnn", options: dict[str, object] | None = None
+    seed: int = 0,
+    arch: str = "dscnn",
+    options: dict[str, object] | None = None,
+    window_s: float | None = None,
 ) -> tuple[nn.Module, ModelSpec, np.ndarray]:
     """Five minutes of generated audio through the configured front end, a few epochs;
     the model, its spec and some training windows (for quantisation ranges)."""
-    feats_cfg = shipped_params()["features"]
+    feats_cfg = dict(shipped_params()["features"])
+    if window_s is not None:
+        feats_cfg["window_s"] = window_s
     rng = np.random.default_rng(seed)
     seconds = 300.0
     times = np.arange(2.0, seconds - 2, 3.3)
@@ -137,10 +144,14 @@ def calibration() -> dict[str, object]:
 
 
 def export(
-    folder: Path, seed: int = 0, arch: str = "dscnn", options: dict[str, object] | None = None
+    folder: Path,
+    seed: int = 0,
+    arch: str = "dscnn",
+    options: dict[str, object] | None = None,
+    window_s: float | None = None,
 ) -> Path:
     """``model_int8.onnx``, ``model_int8.tflite`` and ``device_manifest.json`` in ``folder``."""
-    net, spec, rep = train(seed, arch, options)
+    net, spec, rep = train(seed, arch, options, window_s)
     folder.mkdir(parents=True, exist_ok=True)
     cal = calibration()
     graph, quantizer = quantize.quantize_pt2e(net, spec.frames, spec.bins, spec.normalise(rep))
@@ -177,7 +188,10 @@ def publish(root: Path, params: Params, folder: Path, aliases: tuple[str, ...] =
             onnx.load(str(folder / "model_int8.onnx")), name="model", pip_requirements=["onnx"]
         )
         for f in sorted(folder.iterdir()):
-            mlflow.log_artifact(str(f), "export")
+            if f.is_dir():  # esphome/: the pair, as the registry logs it
+                mlflow.log_artifacts(str(f), f"export/{f.name}")
+            else:
+                mlflow.log_artifact(str(f), "export")
     client = MlflowClient()
     name = params.release.model_name
     if not client.search_registered_models(f"name='{name}'"):

@@ -284,6 +284,10 @@ def registered(chirp_export: Path, tmp_path: Path) -> tuple[Params, Path, int]:
     for name in registry.EXPORT_FILES:  # the rest of an export, as plain files
         if not (files / name).exists():
             (files / name).write_text(f"{name}\n", encoding="utf-8")
+    pair = files / registry.ESPHOME_DIR  # an ESPHome pair, as a streaming model's export has
+    pair.mkdir()
+    (pair / "chirp.json").write_text('{"version": 2, "model": "chirp.tflite"}\n')
+    (pair / "chirp.tflite").write_bytes(bytes(range(256)) * 4)
     version = chirp_model.publish(root, params, files, aliases=())
     from mlflow import MlflowClient
 
@@ -321,7 +325,8 @@ def test_bundles_are_checked_against_the_registry_digests(
     v = registry.get_version(params, str(version))
     cached = registry.download(params, v, root)
     want = registry.file_digests(cached)
-    blob = bytearray((cached / "model_int8.tflite").read_bytes())
+    good = (cached / "model_int8.tflite").read_bytes()
+    blob = bytearray(good)
     blob[len(blob) // 2] ^= 0xFF
     (cached / "model_int8.tflite").write_bytes(bytes(blob))  # a changed byte in the cache
     _, bundle = registry.promote(params, str(version), "edge", root)
@@ -331,6 +336,9 @@ def test_bundles_are_checked_against_the_registry_digests(
     assert sha256(bundle / "model_int8.tflite") == want[f"{registry.DIGEST_TAG}model_int8.tflite"]
     sums = (bundle / "SHA256SUMS").read_text()
     assert want[f"{registry.DIGEST_TAG}model_int8.tflite"] in sums
+    for name in ("esphome/chirp.json", "esphome/chirp.tflite"):  # the pair ships, checked
+        assert f"{want[registry.DIGEST_TAG + name]}  {name}" in sums.splitlines()
+        assert sha256(bundle / name) == want[registry.DIGEST_TAG + name]
     # the artifact store itself changed: nothing to trust, so nothing is written
     stored = next((root / ".soundops" / "mlartifacts").rglob("export/model_int8.tflite"))
     stored.write_bytes(bytes(blob))
@@ -339,6 +347,12 @@ def test_bundles_are_checked_against_the_registry_digests(
         registry.promote(params, str(version), "beta", root)
     assert not (root / "releases" / "beta").exists()
     assert not cached.exists()
+    stored.write_bytes(good)  # the ESPHome model changed in the store: caught the same way
+    pair = next((root / ".soundops" / "mlartifacts").rglob("export/esphome/chirp.tflite"))
+    pair.write_bytes(b"changed")
+    with pytest.raises(SoundopsError, match=r"esphome/chirp\.tflite does not match the sha256"):
+        registry.promote(params, str(version), "beta", root)
+    assert not (root / "releases" / "beta").exists()
 
 
 def test_tracking_credentials_are_never_logged_or_printed() -> None:

@@ -32,6 +32,11 @@ def flow_params() -> dict[str, Any]:
     # a model that learns the tiny corpus well enough to detect its own target phrase
     raw["generate"]["counts"] = dict.fromkeys(("target", "confusable", "speech", "noise"), 16)
     raw["train"] |= {"epochs": 6, "patience": 100}
+    # The regression scenario needs a model whose recorded test FAH sits far below the
+    # field audio's: the 2-epoch TC-ResNet8's does (a tiny stream_dscnn records ~600 FAH
+    # and the field's 800 is no evidence of a regression). TC-ResNet8 does not stream, so
+    # this project has no ESPHome pair; tests/cli/test_bad_inputs.py bundles one.
+    raw["model"] = {"arch": "tcresnet8", "options": {}}
     raw["release"]["gates"] |= {"max_fah": 1e6, "min_recall": 0.0}
     raw["release"]["monitor"] |= {"folder": "data/field", "tolerance": 0.0}
     return raw
@@ -168,13 +173,6 @@ def test_promote_refuses_failing_accepts_passing_and_rolls_back(built: Built) ->
     for line in sums:
         digest, name = line.split()
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
-    # the ESPHome pair ships too: a manifest naming the streaming model beside it
-    (manifest,) = (bundle / "esphome").glob("*.json")
-    doc = json.loads(manifest.read_text())
-    assert doc["version"] == 2 and (manifest.parent / doc["model"]).is_file()
-    assert {f"esphome/{manifest.name}", f"esphome/{doc['model']}"} <= {
-        line.split()[1] for line in sums
-    }
     assert (built.root / "releases" / "edge" / "CURRENT").read_text().strip() == "v2"
     back = registry.rollback(params, "edge", built.root)
     assert back.version == before == registry.get_version(params, "edge").version

@@ -47,9 +47,11 @@ def _params() -> Params:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("esphome")
-    folder = chirp_model.export(root / "export", 0, "stream_dscnn", chirp_model.STREAM_OPTIONS)
+    folder = chirp_model.export(
+        root / "export", 0, "stream_dscnn", chirp_model.STREAM_OPTIONS, chirp_model.STREAM_WINDOW_S
+    )
     spec = ModelSpec(**json.loads((folder / "device_manifest.json").read_text())["spec"])
-    cal = Calibration.from_dict(chirp_model.calibration())
+    cal = Calibration.from_dict(_calibration())
     params = _params()
     background = root / "background.wav"
     write_audio(background, chirp_model.scene(90.0, [], 7, [10.0, 40.0, 70.0]), RATE)
@@ -68,6 +70,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "folder": folder, "doc": doc, "spec": spec, "cal": cal, "params": params,
         "scene": root / "scene.wav", "audio": scene,
     }  # fmt: skip
+
+
+def _calibration() -> dict[str, Any]:
+    """The chirp model's rule with the hop at the streaming stride (5 frames): the bench
+    then decides at the instants the device does, so events can be compared hop for hop."""
+    cal = chirp_model.calibration()
+    for rule in cal["presets"].values():  # type: ignore[attr-defined]
+        rule |= {"hop_frames": 5, "smoothing": 4}
+    return cal
 
 
 def _wav(path: Path, audio: np.ndarray) -> Path:
@@ -103,7 +114,8 @@ def test_pymicro_wakeword_hears_what_soundops_score_hears(pair: dict[str, Any]) 
     assert len(want) == len(CHIRPS)  # the whole-window model hears every chirp, no decoy
     assert len(got) == len(want), (got, want)
     hop = pair["cal"].rule.hop_s
-    # the device decides every 50 ms, the pipeline every hop: within one hop
+    # both decide every 50 ms over the same 200 ms of probabilities: within one hop
+    assert hop == 0.05
     assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= hop + 1e-9
 
 
@@ -114,7 +126,7 @@ def test_the_manifest_is_what_esphome_reads(pair: dict[str, Any]) -> None:
     assert m["version"] == 2 and m["type"] == "micro" and m["wake_word"] == "Rising chirp"
     assert m["model"] == "rising_chirp.tflite" and m["micro"]["feature_step_size"] == 10
     assert m["micro"]["probability_cutoff"] == pytest.approx(pair["cal"].rule.threshold)
-    # smoothing 2 windows 100 ms apart = 4 probabilities 50 ms apart
+    # smoothing over 4 windows 50 ms apart = 4 probabilities a stride (50 ms) apart
     assert m["micro"]["sliding_window_size"] == 4 and doc.stride == 5
 
 
