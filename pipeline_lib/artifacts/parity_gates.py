@@ -12,28 +12,49 @@ def _n(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
+def _rate_failures(
+    params: Params,
+    who: str,
+    ref: str,
+    fah: float | None,
+    fah_lo: float | None,
+    ref_fah: float | None,
+    fah_increase: float | None,
+    hours: float,
+    recalls: tuple[float | None, float | None, float | None],
+) -> list[str]:
+    """The FAH and recall gates of one model against its reference on the same audio."""
+    g = params.export.gates
+    failed = []
+    f, rf = _n(fah), _n(ref_fah)
+    # an increase counts when it is more than chance: the rate's 95% lower bound above the
+    # reference's rate plus the margin (one extra false alarm in TFLite Micro's 10 minutes
+    # is 6 FAH, and evidence of nothing), as the field monitor decides
+    lower = f if fah_lo is None else fah_lo
+    if _n(fah_increase) > g.max_fah_increase and lower > rf + g.max_fah_increase:
+        failed.append(
+            f"{who} FAH {f:.2f} (95% lower bound {lower:.2f}) vs {ref} {rf:.2f} over "
+            f"{hours:.2f} h (> export.gates.max_fah_increase {g.max_fah_increase} beyond chance)"
+        )
+    recall, ref_recall, drop = recalls
+    if _n(drop) > g.max_recall_drop:
+        failed.append(
+            f"{who} recall {_n(recall):.4f} vs {ref} {_n(ref_recall):.4f} (drop "
+            f"{_n(drop):.4f} > export.gates.max_recall_drop {g.max_recall_drop})"
+        )
+    return failed
+
+
 def parity_gate_failures(
     params: Params, runtimes: dict[str, RuntimeParity], steps: StepAgreement
 ) -> list[str]:
     g = params.export.gates
     failed = []
     for name, r in runtimes.items():
-        fah, fp32_fah = _n(r.fah), _n(r.fp32_fah)
-        # an increase counts when it is more than chance: the INT8 rate's 95% lower bound
-        # above FP32's rate plus the margin (one extra false alarm in TFLite Micro's 10
-        # minutes is 6 FAH, and evidence of nothing), as the field monitor decides
-        lower = fah if r.fah_lo is None else r.fah_lo
-        if _n(r.fah_increase) > g.max_fah_increase and lower > fp32_fah + g.max_fah_increase:
-            failed.append(
-                f"{name} FAH {fah:.2f} (95% lower bound {lower:.2f}) vs FP32 "
-                f"{fp32_fah:.2f} over {r.hours:.2f} h "
-                f"(> export.gates.max_fah_increase {g.max_fah_increase} beyond chance)"
-            )
-        if _n(r.recall_drop) > g.max_recall_drop:
-            failed.append(
-                f"{name} recall {_n(r.recall):.4f} vs FP32 {_n(r.fp32_recall):.4f} (drop "
-                f"{_n(r.recall_drop):.4f} > export.gates.max_recall_drop {g.max_recall_drop})"
-            )
+        failed += _rate_failures(
+            params, name, "FP32", r.fah, r.fah_lo, r.fp32_fah, r.fah_increase, r.hours,
+            (r.recall, r.fp32_recall, r.recall_drop),
+        )  # fmt: skip
         if r.decision_agreement < g.min_decision_agreement:
             failed.append(
                 f"{name} decision agreement {r.decision_agreement:.4f} < "
@@ -53,19 +74,10 @@ def esphome_gate_failures(params: Params, doc: EsphomeDoc) -> list[str]:
     as INT8 against FP32, and a bound on how far its probabilities are from the model's."""
     g = params.export.gates
     d = doc.device
-    failed = []
-    lower = _n(d.fah) if d.fah_lo is None else d.fah_lo
-    if _n(d.fah_increase) > g.max_fah_increase and lower > _n(d.whole_fah) + g.max_fah_increase:
-        failed.append(
-            f"ESPHome model FAH {_n(d.fah):.2f} (95% lower bound {lower:.2f}) in "
-            f"pymicro-wakeword vs {_n(d.whole_fah):.2f} whole-window over {d.hours:.2f} h "
-            f"(> export.gates.max_fah_increase {g.max_fah_increase} beyond chance)"
-        )
-    if _n(d.recall_drop) > g.max_recall_drop:
-        failed.append(
-            f"ESPHome model recall {_n(d.recall):.4f} vs {_n(d.whole_recall):.4f} whole-window "
-            f"(drop {_n(d.recall_drop):.4f} > export.gates.max_recall_drop {g.max_recall_drop})"
-        )
+    failed = _rate_failures(
+        params, "ESPHome model (pymicro-wakeword)", "whole-window INT8", d.fah, d.fah_lo,
+        d.whole_fah, d.fah_increase, d.hours, (d.recall, d.whole_recall, d.recall_drop),
+    )  # fmt: skip
     s = doc.vs_whole_window
     if s.mean_steps > g.max_stream_mean_steps:
         failed.append(

@@ -330,7 +330,8 @@ def build_streaming(whole: Path, spec: ModelSpec, temperature: float, path: Path
         raise SoundopsError(f"export: {b.variables} state buffers; ESPHome allows {MAX_VARIABLES}.")
     call = s.CallOnceOptionsT()
     call.initSubgraphIndex = 1
-    b.main.operators.insert(0, _call_once(b, call))
+    b.op(b.main, "CALL_ONCE", [], [], call)
+    b.main.operators.insert(0, b.main.operators.pop())  # the initialiser runs first
     b.main.outputs = [cur]
     with atomic_path(path) as tmp:
         fb.write_model(b.model, str(tmp))
@@ -341,11 +342,6 @@ def build_streaming(whole: Path, spec: ModelSpec, temperature: float, path: Path
         state_bytes=b.state_bytes,
         ops=tuple(sorted(op_names(path))),
     )
-
-
-def _call_once(b: _Builder, options: Any) -> Any:
-    b.op(b.main, "CALL_ONCE", [], [], options)
-    return b.main.operators.pop()
 
 
 def _head(b: _Builder, src: Any, g: Any, o: Any, cur: int, q_in: Any, temperature: float) -> int:
