@@ -111,6 +111,11 @@ class RuntimeParity(Rate):
     fp32_fah_lo: Num
     fp32_fah_hi: Num
     fp32_recall: Num
+    # the positives behind the recall drop, paired (parity_gates.paired_counts); None in export
+    # documents written before they were recorded, whose gate is the bare drop
+    positives: int | None = None
+    positives_lost: int | None = None
+    positives_gained: int | None = None
 
 
 class StepAgreement(_Doc):
@@ -149,6 +154,12 @@ class DeviceRate(Rate):
     whole_recall: Num
     fah_increase: Num
     recall_drop: Num
+    positives: int | None = None  # as in RuntimeParity, against the whole-window model
+    positives_lost: int | None = None
+    positives_gained: int | None = None
+
+
+ESPHOME_DIR = "esphome"  # the pair's folder in the export folder (written there, released)
 
 
 class EsphomeDoc(_Doc):

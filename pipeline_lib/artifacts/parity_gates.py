@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline_lib.artifacts.documents import EsphomeDoc, RuntimeParity, StepAgreement
 from pipeline_lib.base.params import Params
 
@@ -10,6 +12,26 @@ from pipeline_lib.base.params import Params
 def _n(value: float | None) -> float:
     # a figure the split cannot measure (no positives: JSON null) fails no gate
     return float("nan") if value is None else value
+
+
+def paired_counts(model: np.ndarray, ref: np.ndarray) -> dict[str, int]:
+    """The positives only the reference found (lost) and only the model found (gained),
+    from each model's hit flags over the same positives."""
+    return {
+        "positives": int(ref.size),
+        "positives_lost": int((ref & ~model).sum()),
+        "positives_gained": int((model & ~ref).sum()),
+    }
+
+
+def paired_drop_lower(lost: int, gained: int, n: int, z: float = 1.96) -> float:
+    """95% lower bound of a recall drop on ``n`` positives both models saw. Paired (Wald),
+    so positives both find or both miss add no noise; NaN without positives."""
+    if n == 0:
+        return float("nan")
+    drop = (lost - gained) / n
+    var = (lost + gained - (lost - gained) ** 2 / n) / (n * n)
+    return float(drop - z * np.sqrt(max(var, 0.0)))
 
 
 def _rate_failures(
@@ -22,8 +44,10 @@ def _rate_failures(
     fah_increase: float | None,
     hours: float,
     recalls: tuple[float | None, float | None, float | None],
+    paired: tuple[int | None, int | None, int | None],
 ) -> list[str]:
-    """The FAH and recall gates of one model against its reference on the same audio."""
+    """The FAH and recall gates of one model against its reference on the same audio;
+    ``paired`` is (positives, lost, gained) from paired_counts."""
     g = params.export.gates
     failed = []
     f, rf = _n(fah), _n(ref_fah)
@@ -37,10 +61,17 @@ def _rate_failures(
             f"{hours:.2f} h (> export.gates.max_fah_increase {g.max_fah_increase} beyond chance)"
         )
     recall, ref_recall, drop = recalls
-    if _n(drop) > g.max_recall_drop:
+    n, lost, gained = paired
+    # so does a drop: its paired 95% lower bound above the margin (one positive of 32 is a
+    # drop of 0.031, and two models a grid step apart disagree on one or two near the
+    # threshold); a document without the counts has only the bare drop
+    drop_lo = _n(drop) if n is None else paired_drop_lower(lost or 0, gained or 0, n)
+    if _n(drop) > g.max_recall_drop and drop_lo > g.max_recall_drop:
+        counts = "" if n is None else f", {lost} lost and {gained} gained of {n} positives"
         failed.append(
             f"{who} recall {_n(recall):.4f} vs {ref} {_n(ref_recall):.4f} (drop "
-            f"{_n(drop):.4f} > export.gates.max_recall_drop {g.max_recall_drop})"
+            f"{_n(drop):.4f}, 95% lower bound {drop_lo:.4f}{counts}; "
+            f"> export.gates.max_recall_drop {g.max_recall_drop} beyond chance)"
         )
     return failed
 
@@ -54,6 +85,7 @@ def parity_gate_failures(
         failed += _rate_failures(
             params, name, "FP32", r.fah, r.fah_lo, r.fp32_fah, r.fah_increase, r.hours,
             (r.recall, r.fp32_recall, r.recall_drop),
+            (r.positives, r.positives_lost, r.positives_gained),
         )  # fmt: skip
         if r.decision_agreement < g.min_decision_agreement:
             failed.append(
@@ -77,6 +109,7 @@ def esphome_gate_failures(params: Params, doc: EsphomeDoc) -> list[str]:
     failed = _rate_failures(
         params, "ESPHome model (pymicro-wakeword)", "whole-window INT8", d.fah, d.fah_lo,
         d.whole_fah, d.fah_increase, d.hours, (d.recall, d.whole_recall, d.recall_drop),
+        (d.positives, d.positives_lost, d.positives_gained),
     )  # fmt: skip
     s = doc.vs_whole_window
     if s.mean_steps > g.max_stream_mean_steps:

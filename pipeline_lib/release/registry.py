@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.artifacts.documents import EvaluateDoc, ExportDoc, load_doc
+from pipeline_lib.artifacts.documents import ESPHOME_DIR, EvaluateDoc, ExportDoc, load_doc
 from pipeline_lib.artifacts.parity_gates import parity_gate_failures
 from pipeline_lib.base.atomic import sha256, write_json, write_text
 from pipeline_lib.base.errors import SoundopsError
@@ -43,7 +43,6 @@ EXPORT_FILES = (
 )
 # files a version carries when its build made them: the server-side verifier
 OPTIONAL_FILES = ("verifier.npz", "verifier.json")
-ESPHOME_DIR = "esphome"  # the ESPHome micro_wake_word pair, when the model streams
 BUNDLE_FILES = (
     "model_int8.tflite",
     "model_int8.onnx",

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from pipeline_lib.artifacts.documents import ESPHOME_DIR
 from pipeline_lib.base import threads
 from pipeline_lib.base.atomic import atomic_path
 from pipeline_lib.base.errors import GateError, ParamsError, SoundopsError
@@ -284,7 +285,7 @@ def registered(chirp_export: Path, tmp_path: Path) -> tuple[Params, Path, int]:
     for name in registry.EXPORT_FILES:  # the rest of an export, as plain files
         if not (files / name).exists():
             (files / name).write_text(f"{name}\n", encoding="utf-8")
-    pair = files / registry.ESPHOME_DIR  # an ESPHome pair, as a streaming model's export has
+    pair = files / ESPHOME_DIR  # an ESPHome pair, as a streaming model's export has
     pair.mkdir()
     (pair / "chirp.json").write_text('{"version": 2, "model": "chirp.tflite"}\n')
     (pair / "chirp.tflite").write_bytes(bytes(range(256)) * 4)

@@ -61,7 +61,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fs = score_file(background, whole, cal)
     pos = score_file(_wav(root / "scene.wav", scene), whole, cal)
     match = metrics.match_events(pos.scored.events, spans, spec.frames * 0.01, 0.5)
-    whole_rate = (len(fs.scored.events) / (fs.duration_s / 3600), match.recall)
+    whole_rate = (len(fs.scored.events) / (fs.duration_s / 3600), match.hits)
     doc = esphome_pair.write_pair(
         params, spec, cal, folder / "model_int8.tflite", whole, folder, [background],
         (scene, spans), whole_rate,
@@ -169,10 +169,14 @@ def test_the_device_figures_pass_the_export_gates(pair: dict[str, Any]) -> None:
     doc = pair["doc"]
     assert doc.device.recall == 1.0 and doc.device.false_alarms == 0
     assert esphome_gate_failures(pair["params"], doc) == []
-    worse = doc.model_copy(
-        update={"device": doc.device.model_copy(update={"recall": 0.5, "recall_drop": 0.5})}
+    assert doc.device.positives == len(CHIRPS) and doc.device.positives_lost == 0
+    half = len(CHIRPS) // 2
+    lost = {"recall": 0.5, "recall_drop": 0.5, "positives_lost": half}
+    worse = doc.model_copy(update={"device": doc.device.model_copy(update=lost)})
+    assert (
+        f"{half} lost and 0 gained of {len(CHIRPS)} positives"
+        in esphome_gate_failures(pair["params"], worse)[0]
     )
-    assert "recall" in esphome_gate_failures(pair["params"], worse)[0]
 
 
 def test_a_model_that_cannot_stream_is_named(pair: dict[str, Any], tmp_path: Path) -> None:

@@ -175,6 +175,7 @@ def _runtime(**kw: Any) -> RuntimeParity:
         "fp32_fah_hi": 2.9, "recall": 0.98, "fp32_recall": 0.98, "windows": 1000,
         "decision_agreement": 0.999, "max_score_diff": 0.05, "mean_score_diff": 0.001,
         "fah_increase": 0.0, "recall_drop": 0.0,
+        "positives": 100, "positives_lost": 0, "positives_gained": 0,
     }  # fmt: skip
     return RuntimeParity.model_validate(base | kw)
 
@@ -191,7 +192,9 @@ def test_gates_name_each_failed_figure() -> None:
     assert parity_gate_failures(params, ok, _steps(0.6, 3)) == []
     bad = {
         "onnx_int8": _runtime(fah=2.0, fah_lo=2.0, fah_increase=1.0),
-        "tflm_int8": _runtime(recall=0.9, recall_drop=0.08, decision_agreement=0.9),
+        "tflm_int8": _runtime(
+            recall=0.9, recall_drop=0.08, positives_lost=8, decision_agreement=0.9
+        ),
     }
     failed = parity_gate_failures(params, bad, _steps(8.2, 11))
     assert len(failed) == 4
@@ -200,6 +203,32 @@ def test_gates_name_each_failed_figure() -> None:
     assert "tflm_int8 recall 0.9000" in failed[1]
     assert "decision agreement 0.9000" in failed[2]
     assert "differ by 8.20 output steps on average over 100 windows (at most 11)" in failed[3]
+
+
+def test_a_recall_drop_fails_only_beyond_chance() -> None:
+    """One or two positives of 32 that two runtimes a grid step apart decide differently are
+    no evidence; the same share of many positives, or many lost of 32, is."""
+    params = parse_params(shipped_params())  # max_recall_drop 0.02
+    steps = _steps(0.0, 0)
+
+    def failures(lost: int, gained: int, n: int) -> list[str]:
+        drop = (lost - gained) / n
+        r = _runtime(recall=0.8 - drop, fp32_recall=0.8, recall_drop=drop, positives=n,
+                     positives_lost=lost, positives_gained=gained)  # fmt: skip
+        return parity_gate_failures(params, {"tflm_int8": r}, steps)
+
+    assert failures(2, 0, 32) == []  # 0.0625, the jarvis export that failed
+    assert failures(1, 0, 32) == []
+    assert "8 lost and 0 gained of 32 positives" in failures(8, 0, 32)[0]
+    assert "beyond chance" in failures(60, 0, 1000)[0]  # 0.06 of 1000
+    assert failures(30, 10, 1000) == []  # drop 0.02: not above the margin at all
+    # a document from before the counts were kept has only the bare drop
+    bare = _runtime(recall=0.75, recall_drop=0.05, positives=None, positives_lost=None,
+                    positives_gained=None)  # fmt: skip
+    assert (
+        "(drop 0.0500, 95% lower bound 0.0500;"
+        in parity_gate_failures(params, {"tflm_int8": bare}, steps)[0]
+    )
 
 
 def test_a_parity_figure_the_split_cannot_measure_fails_no_gate_when_read_back() -> None:

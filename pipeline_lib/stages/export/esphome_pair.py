@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_lib.artifacts.documents import DeviceRate, EsphomeDoc, StreamSteps
+from pipeline_lib.artifacts.documents import ESPHOME_DIR, DeviceRate, EsphomeDoc, StreamSteps
+from pipeline_lib.artifacts.parity_gates import paired_counts
 from pipeline_lib.audio.io import audio_blocks
 from pipeline_lib.base.atomic import write_json
 from pipeline_lib.base.errors import SoundopsError
@@ -37,8 +38,6 @@ from pipeline_lib.detect.tflm import StreamingTflm, measure_arena
 from pipeline_lib.stages.export import esphome
 
 log = logging.getLogger(__name__)
-
-FOLDER = "esphome"
 
 
 def file_name(wake_word: str) -> str:
@@ -140,14 +139,15 @@ def write_pair(
     out: Path,
     background: list[Path],
     positives: tuple[np.ndarray, list[tuple[float, float]]],
-    whole_rate: tuple[float | None, float | None],
+    whole_rate: tuple[float | None, np.ndarray],
 ) -> EsphomeDoc:
     """Build, measure and check the ESPHome pair in ``out/esphome``; ``background`` are the
     test background recordings, ``positives`` the positive stream and its spans, and
-    ``whole_rate`` the whole-window INT8 model's FAH and recall on that same audio."""
+    ``whole_rate`` the whole-window INT8 model's FAH on that same audio and which of the
+    positives it detects."""
     name = wake_word(params)
     stem = file_name(name)
-    folder = out / FOLDER
+    folder = out / ESPHOME_DIR
     folder.mkdir(parents=True, exist_ok=True)
     tflite = folder / f"{stem}.tflite"
     info = esphome.build_streaming(whole_tflite, spec, cal.temperature, tflite)
@@ -189,11 +189,12 @@ def write_pair(
         scored.events, spans, spec.frames * decision.STEP_S, params.evaluate.tolerance_s
     )
     rate = metrics.fah(alarms, seconds / 3600)
-    whole_fah, whole_recall = whole_rate
+    whole_fah, whole_hits = whole_rate
     recall = round(match.recall, 5) if spans else None
+    whole_recall = round(float(whole_hits.mean()), 5) if spans else None
     doc = EsphomeDoc(
         wake_word=name,
-        manifest=f"{FOLDER}/{doc_path.name}",
+        manifest=f"{ESPHOME_DIR}/{doc_path.name}",
         tflite_bytes=tflite.stat().st_size,
         arena_bytes=arena,
         tensor_arena_size=arena + params.export.arena_margin_bytes,
@@ -214,6 +215,7 @@ def write_pair(
                 if recall is None or whole_recall is None
                 else round(whole_recall - recall, 5),
             }
+            | paired_counts(match.hits, whole_hits)
         ),
     )
     log.info(
@@ -238,5 +240,5 @@ def write_pair(
 
 def read_manifest(folder: Path) -> dict[str, object] | None:
     """The ESPHome manifest in an export folder, or None when it has none."""
-    found = sorted((folder / FOLDER).glob("*.json")) if (folder / FOLDER).is_dir() else []
+    found = sorted((folder / ESPHOME_DIR).glob("*.json")) if (folder / ESPHOME_DIR).is_dir() else []
     return json.loads(found[0].read_text(encoding="utf-8")) if found else None

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline_lib.artifacts.documents import (
+    ESPHOME_DIR,
     EvaluateDoc,
     ExportDoc,
     Parity,
@@ -34,7 +35,11 @@ from pipeline_lib.artifacts.documents import (
     write_doc,
 )
 from pipeline_lib.artifacts.manifests import load_split_manifest
-from pipeline_lib.artifacts.parity_gates import esphome_gate_failures, parity_gate_failures
+from pipeline_lib.artifacts.parity_gates import (
+    esphome_gate_failures,
+    paired_counts,
+    parity_gate_failures,
+)
 from pipeline_lib.base import html_page
 from pipeline_lib.base.atomic import atomic_path, write_json
 from pipeline_lib.base.errors import SoundopsError
@@ -156,6 +161,21 @@ class Steps:
         }
 
 
+def positive_hits(
+    pos: Series,
+    who: str,
+    spans: list[tuple[float, float]],
+    cal: Calibration,
+    window_s: float,
+    tol: float,
+) -> np.ndarray:
+    """Which inserted positives runtime ``who`` detects at the calibrated rule."""
+    events = decision.detect(
+        pos.smoothed[who], pos.times, cal.rule.threshold, cal.rule.refractory_s
+    )
+    return metrics.match_events(events, spans, window_s, tol).hits
+
+
 def _figures(
     name: str,
     bg: list[tuple[float, Series]],
@@ -170,15 +190,16 @@ def _figures(
     seen = [(d, s) for d, s in bg if name in s.smoothed]
     hours = sum(d for d, _ in seen) / 3600
     out: dict[str, Any] = {}
+    hits = {}
     for who in (name, FP32):
         n = metrics.count_events(
             [s.smoothed[who] for _, s in seen], [s.times for _, s in seen], thr, refr
         )
-        events = decision.detect(pos.smoothed[who], pos.times, thr, refr)
-        match = metrics.match_events(events, spans, window_s, tol)
+        hits[who] = positive_hits(pos, who, spans, cal, window_s, tol)
         key = "" if who == name else "fp32_"
         out |= {f"{key}{k}": v for k, v in metrics.fah(n, hours).items()}
-        out[f"{key}recall"] = round(match.recall, 5)
+        out[f"{key}recall"] = round(float(hits[who].mean()) if spans else float("nan"), 5)
+    out |= paired_counts(hits[name], hits[FP32])
     a = np.concatenate([s.smoothed[name] for _, s in seen] + [pos.smoothed[name]])
     b = np.concatenate([s.smoothed[FP32] for _, s in seen] + [pos.smoothed[FP32]])
     out |= {
@@ -264,11 +285,12 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         tee = _Tee(ref, {ORT: ort, TFLM: tflm}, steps)
         pos_audio, spans, scored = positive_stream(frame, layout, params, tee, cal)
         pos = _series(scored.times, tee.take(), cal)
+        tol = params.evaluate.tolerance_s
         parity = Parity(
             clips=clips,
             runtimes={
                 name: RuntimeParity.model_validate(
-                    _figures(name, bg, pos, spans, cal, window_s, params.evaluate.tolerance_s)
+                    _figures(name, bg, pos, spans, cal, window_s, tol)
                 )
                 for name in (ORT, TFLM)
             },
@@ -290,7 +312,7 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
                 out,
                 [layout.ingest / str(r.path) for r in streams.itertuples()],
                 (pos_audio, spans),
-                (o_run.fah, o_run.recall),
+                (o_run.fah, positive_hits(pos, ORT, spans, cal, window_s, tol)),
             )
             failed = esphome_gate_failures(params, esp)
             if failed:
@@ -317,9 +339,7 @@ def run_export(params: Params, layout: Layout) -> dict[str, Any]:
         }
         if esp is not None:
             files["esphome_manifest"] = out / esp.manifest
-            files["esphome_tflite"] = (
-                out / esphome_pair.FOLDER / f"{Path(esp.manifest).stem}.tflite"
-            )
+            files["esphome_tflite"] = out / ESPHOME_DIR / f"{Path(esp.manifest).stem}.tflite"
         manifest = bundle.manifest(spec, cal, tflm.io(), arena + ex.arena_margin_bytes, files)
         manifest["targets"] = rows
         write_json(out / "device_manifest.json", manifest)
