@@ -344,6 +344,7 @@ class AugmentParams(_Strict):
     time_mask_frames: Annotated[int, Field(ge=0, le=1000)]
     freq_masks: Annotated[int, Field(ge=0, le=16)]
     freq_mask_bins: Annotated[int, Field(ge=0, le=128)]
+    freq_warp: Annotated[float, Field(ge=0, le=0.5)]
 
 
 class ModelParams(_Strict):

@@ -83,6 +83,20 @@ def sampling_p(index: pd.DataFrame, tp: TrainParams) -> np.ndarray:
     return result
 
 
+def mel_warp(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """VTLP (augment.freq_warp): output bin k of window i reads its mel bin k * alpha[i]
+    (linearly interpolated, clamped at the top), a new speaker's vocal tract each epoch;
+    the corpus's resampling fixes one per clip. ``x`` is windows x frames x bins."""
+    b, t, f = x.shape
+    src = (torch.arange(f, dtype=torch.float32)[None] * alpha[:, None]).clamp(0, f - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=f - 1)
+    frac = (src - lo)[:, None]
+    at_lo = torch.gather(x, 2, lo[:, None].expand(b, t, f))
+    at_hi = torch.gather(x, 2, hi[:, None].expand(b, t, f))
+    return at_lo * (1 - frac) + at_hi * frac
+
+
 def _fingerprint(params: Params, folder: Path) -> str:
     h = hashlib.sha256()
     h.update(params.model.model_dump_json().encode())
@@ -164,9 +178,18 @@ class Trainer:
             return rng.choice(len(self.sample_p), size=n, p=self.sample_p)
         return rng.permutation(len(self.sample_p))[:n]
 
-    def _to_input(self, feats: np.ndarray) -> torch.Tensor:
-        x = (torch.from_numpy(feats) - self.mean) / self.std
+    def _to_input(self, feats: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(feats)
+        if gen is not None:
+            x = self._freq_warp(x, gen)
+        x = (x - self.mean) / self.std
         return x[:, None].to(self.device)
+
+    def _freq_warp(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        w = self.p.augment.freq_warp
+        if w <= 0:
+            return x
+        return mel_warp(x, 1 + (torch.rand(x.shape[0], generator=gen) * 2 - 1) * w)
 
     def _spec_augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         a = self.p.augment
@@ -218,7 +241,7 @@ class Trainer:
         )
         for i in bar:
             idx = rows[i * self.tp.batch_size : (i + 1) * self.tp.batch_size]
-            x = self._spec_augment(self._to_input(self.train.batch(idx)), gen)
+            x = self._spec_augment(self._to_input(self.train.batch(idx), gen), gen)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(ys[idx]).long().to(self.device)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import parse_params
 from pipeline_lib.detect.checkpoint import load_model
-from pipeline_lib.stages.train import pauc, run_train
+from pipeline_lib.stages.train import mel_warp, pauc, run_train
 
 FRAMES, BINS = 148, 40
 
@@ -119,6 +119,20 @@ def test_killed_training_resumes_to_the_same_weights(
     b = load_file(str(broken.model / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mel_warp_moves_a_formant_by_the_factor() -> None:
+    """VTLP: output bin k reads bin k * alpha, so a band at bin 10 lands at 20 for alpha
+    0.5 (a shorter vocal tract: formants up) and at 8 for 1.25; alpha 1 changes nothing."""
+    x = torch.zeros(3, 4, BINS)
+    x[:, :, 10] = 1.0
+    y = mel_warp(x, torch.tensor([1.0, 0.5, 1.25]))
+    assert torch.equal(y[0], x[0])
+    assert int(y[1, 0].argmax()) == 20 and float(y[1, 0, 20]) == 1.0
+    assert int(y[2, 0].argmax()) == 8 and y.shape == x.shape
+    # the top bins read past the axis: they repeat the last bin, never wrap around
+    ramp = torch.arange(BINS, dtype=torch.float32).expand(1, 4, BINS)
+    assert float(mel_warp(ramp, torch.tensor([1.5]))[0, 0, -1]) == BINS - 1
 
 
 def test_pauc_bounds() -> None:
