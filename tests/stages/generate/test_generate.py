@@ -37,14 +37,23 @@ def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
 
 
 def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with the shipped real-voice preset merged in."""
+    """``raw`` with the shipped real-voice preset's voices and perturbations merged in; the
+    tiny corpus keeps its own clip counts."""
     import yaml
 
     preset = yaml.safe_load((REPO / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8"))
     raw = copy.deepcopy(raw)
-    for key, value in preset["generate"].items():
-        raw["generate"][key] = value
+    voices = {k: v for k, v in preset["generate"].items() if k != "counts"}
+    _merge(raw["generate"], voices)  # key by key, as a user merges it
     return raw
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 @pytest.mark.slow  # end to end: subprocesses or every engine
