@@ -87,22 +87,16 @@ def copy_project(dest: Path) -> None:
     run(dest, "git", "-c", "user.name=bench", "-c", "user.email=b@x", "commit", "-qm", "copy")
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-
-
 def set_params(root: Path, phrase: str, preset: str | None, overrides: list[str]) -> dict[str, Any]:
+    from pipeline_lib.base.recipes import merge_keys
+
     path = root / "params.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     if preset:
         file = root / "pipeline_lib" / "presets" / f"{preset}.yaml"
         if not file.is_file():
             sys.exit(f"{file}: no such preset.")
-        _merge(raw, yaml.safe_load(file.read_text(encoding="utf-8")))
+        merge_keys(raw, yaml.safe_load(file.read_text(encoding="utf-8")))
     raw["generate"]["phrase"] = phrase
     for item in overrides:
         key, _, value = item.partition("=")

@@ -14,6 +14,7 @@ import soundfile as sf
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import parse_params
+from pipeline_lib.base.recipes import merge_keys
 from pipeline_lib.stages.generate.corpus import generate_corpus
 from pipeline_lib.stages.generate.phrases import confusables
 from pipeline_lib.stages.generate.tts import SpeechSession
@@ -44,16 +45,8 @@ def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
     preset = yaml.safe_load((REPO / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8"))
     raw = copy.deepcopy(raw)
     voices = {k: v for k, v in preset["generate"].items() if k != "counts"}
-    _merge(raw["generate"], voices)  # key by key, as a user merges it
+    merge_keys(raw["generate"], voices)  # as the benchmark's --recipe merges it
     return raw
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 @pytest.mark.slow  # end to end: subprocesses or every engine
