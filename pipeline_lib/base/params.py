@@ -345,6 +345,7 @@ class AugmentParams(_Strict):
     freq_masks: Annotated[int, Field(ge=0, le=16)]
     freq_mask_bins: Annotated[int, Field(ge=0, le=128)]
     freq_warp: Annotated[float, Field(ge=0, le=0.5)]
+    band_limit_prob: Annotated[float, Field(ge=0, le=1)]
 
 
 class ModelParams(_Strict):

@@ -122,6 +122,26 @@ def fah_bound(events: int, hours: float, confidence: float) -> float:
     return float(chi2.ppf(confidence, 2 * events + 2)) / (2 * hours)
 
 
+def threshold_grid(
+    pooled: np.ndarray,
+    quantiles: np.ndarray,
+    fixed: np.ndarray,
+    alarms: np.ndarray | None = None,
+    top: int = 512,
+) -> np.ndarray:
+    """Thresholds to try, rising: quantiles of the scores, fixed points, and each of the
+    ``top`` highest distinct scores of ``alarms`` (the target-free audio; default ``pooled``)
+    and the next float above it.
+
+    Low false-alarm targets are decided by the few loudest windows, which quantiles miss:
+    near a score of 1 one quantile step spans many of them. Trying the values themselves
+    makes FAH targets of a few alarms per hour exact instead of a step off."""
+    high = np.unique(pooled if alarms is None else alarms)[-top:]
+    return np.unique(
+        np.concatenate([np.quantile(pooled, quantiles), fixed, high, np.nextafter(high, np.inf)])
+    )
+
+
 def threshold_for_fah(
     smoothed: list[np.ndarray],
     times: list[np.ndarray],
@@ -138,11 +158,7 @@ def threshold_for_fah(
     pooled = np.concatenate(smoothed) if smoothed else np.zeros(0)
     if pooled.size == 0 or hours <= 0:
         return 0.5
-    candidates = np.unique(
-        np.concatenate(
-            [np.quantile(pooled, np.linspace(0.5, 1.0, 400)), np.linspace(0.01, 0.999, 200)]
-        )
-    )
+    candidates = threshold_grid(pooled, np.linspace(0.5, 1.0, 400), np.linspace(0.01, 0.999, 200))
     lo, hi = 0, candidates.size - 1
     best = float(min(1.0, candidates[-1] + 1e-6))
     while lo <= hi:  # false alarms fall (almost) monotonically as the threshold rises

@@ -74,11 +74,10 @@ def sweep(
     """FAH on background and recall on the positive stream at many thresholds (the DET
     curve), with the calibrated smoothing."""
     hours = sum(r.duration_s for r in background) / 3600
-    pooled = np.concatenate([r.scored.smoothed for r in background] + [pos.smoothed])
-    grid = np.unique(
-        np.concatenate(
-            [np.quantile(pooled, np.linspace(0.0, 1.0, points)), np.linspace(0.02, 0.999, 50)]
-        )
+    alarms = np.concatenate([r.scored.smoothed for r in background])
+    pooled = np.concatenate([alarms, pos.smoothed])
+    grid = decision.threshold_grid(
+        pooled, np.linspace(0.0, 1.0, points), np.linspace(0.02, 0.999, 50), alarms
     )
     rows = []
     sm = [r.scored.smoothed for r in background]
@@ -88,7 +87,7 @@ def sweep(
         ev = metrics.match_events(_events(pos, float(thr), refractory_s), spans, window_s, tol)
         rows.append(
             {
-                "threshold": round(float(thr), 6),
+                "threshold": float(thr),  # unrounded: a grid point may sit one float above a score
                 "false_alarms": n,
                 "fah": round(n / hours, 4),
                 "recall": round(ev.recall, 5),

@@ -97,6 +97,15 @@ def mel_warp(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return at_lo * (1 - frac) + at_hi * frac
 
 
+def band_limit(x: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """A narrow-band microphone (augment.band_limit_prob): mel bins at or above ``cut[i]`` of
+    window i keep only their quietest frame, the floor that noise leaves when the voice
+    above the microphone's band is gone. ``x`` is windows x frames x bins; ``cut`` in bins."""
+    f = x.shape[2]
+    above = torch.arange(f)[None, None] >= cut[:, None, None]
+    return torch.where(above, x.amin(dim=1, keepdim=True), x)
+
+
 def _fingerprint(params: Params, folder: Path) -> str:
     h = hashlib.sha256()
     h.update(params.model.model_dump_json().encode())
@@ -181,7 +190,7 @@ class Trainer:
     def _to_input(self, feats: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
         x = torch.from_numpy(feats)
         if gen is not None:
-            x = self._freq_warp(x, gen)
+            x = self._band_limit(self._freq_warp(x, gen), gen)
         x = (x - self.mean) / self.std
         return x[:, None].to(self.device)
 
@@ -190,6 +199,16 @@ class Trainer:
         if w <= 0:
             return x
         return mel_warp(x, 1 + (torch.rand(x.shape[0], generator=gen) * 2 - 1) * w)
+
+    def _band_limit(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        prob = self.p.augment.band_limit_prob
+        if prob <= 0:
+            return x
+        f = x.shape[2]
+        # the band ends between 40% and 90% of the mel axis (about 1.5 to 6 kHz at 40 bins)
+        cut = (f * (0.4 + 0.5 * torch.rand(x.shape[0], generator=gen))).long()
+        keep = torch.rand(x.shape[0], generator=gen) >= prob
+        return band_limit(x, torch.where(keep, torch.full_like(cut, f), cut))
 
     def _spec_augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         a = self.p.augment

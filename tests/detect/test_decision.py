@@ -61,3 +61,23 @@ def test_an_upper_bound_calibration_leaves_margin_for_unseen_audio() -> None:
     assert tight >= 0.8  # ... but its median upper bound (1.68/h) does not: none may fire
     assert abs(decision.fah_bound(0, 1.0, 0.5) - np.log(2)) < 1e-9
     assert decision.fah_bound(3, 2.0, 0.0) == 1.5
+
+
+def test_calibration_is_exact_among_scores_near_one() -> None:
+    times = np.arange(36000) * 0.1  # one hour
+    scores = np.full(times.size, 0.05)
+    scores[[5000, 15000, 25000]] = [0.99940, 0.99950, 0.99980]
+    thr = decision.threshold_for_fah([scores], [times], 1.0, 1.0, 2.0)
+    assert 0.9995 < thr <= 0.99951  # one alarm (0.9998) allowed: just above the second
+    assert len(decision.detect(scores, times, thr, 2.0)) == 1
+
+
+def test_the_grid_holds_the_loudest_alarms_among_louder_positives() -> None:
+    alarms = np.r_[np.full(5000, 0.02), 0.99930, 0.99960]
+    positives = 0.9991 + np.arange(2000) * 4e-7  # 2,000 distinct windows, most above both
+    grid = decision.threshold_grid(
+        np.r_[alarms, positives], np.linspace(0, 1, 300), np.linspace(0.02, 0.999, 50), alarms
+    )
+    for alarm in (0.99930, 0.99960):
+        assert np.nextafter(alarm, 1.0) in grid  # the DET point just above each alarm
+    assert np.all(np.diff(grid) > 0)

@@ -49,6 +49,24 @@ def test_sweep_finds_the_operating_points() -> None:
     assert zero["threshold"] <= 0.5 and zero["fah"] == 4.0
 
 
+def test_sweep_separates_alarms_that_score_near_one() -> None:
+    # INT8 scores of loud alarms and of positives crowd under 1.0; one quantile step up
+    # there spans all of them, so the DET point must come from the scores themselves
+    bg = np.full(36000, 0.01)  # one hour
+    bg[[1000, 20000]] = [0.99930, 0.99960]
+    rec = Recording("bg", "demo", Path("bg.flac"), 3600.0, _scored(bg))
+    pos = np.full(1000, 0.01)
+    spans = [(10.0 * i + 5, 10.0 * i + 6) for i in range(9)]
+    for i, (on, _) in enumerate(spans):
+        pos[int(on / HOP) + 3] = 0.99910 + 0.0001 * i  # 0.9991 .. 0.9999
+    curve = sweep([rec], _scored(pos), spans, 2.0, 1.5, 0.5)
+    at1 = frr_at_fah(curve, 1.0)  # just above the 0.9993 alarm: 0.9994 .. 0.9999 are heard
+    assert at1["fah"] == 1.0 and 0.9993 < at1["threshold"] <= 0.9994
+    assert at1["frr"] == round(1 - 6 / 9, 5)
+    at0 = frr_at_fah(curve, 0.0)  # just above 0.9996: 0.9997 .. 0.9999
+    assert at0["fah"] == 0.0 and at0["frr"] == round(1 - 3 / 9, 5)
+
+
 def test_user_test_sets_are_measured(
     tmp_path: Path, make_project: Any, raw_params: dict[str, Any]
 ) -> None:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import parse_params
 from pipeline_lib.detect.checkpoint import load_model
-from pipeline_lib.stages.train import mel_warp, pauc, run_train
+from pipeline_lib.stages.train import band_limit, mel_warp, pauc, run_train
 
 FRAMES, BINS = 148, 40
 
@@ -133,6 +133,19 @@ def test_mel_warp_moves_a_formant_by_the_factor() -> None:
     # the top bins read past the axis: they repeat the last bin, never wrap around
     ramp = torch.arange(BINS, dtype=torch.float32).expand(1, 4, BINS)
     assert float(mel_warp(ramp, torch.tensor([1.5]))[0, 0, -1]) == BINS - 1
+
+
+def test_band_limit_leaves_the_noise_floor_above_the_cut() -> None:
+    """A narrow-band microphone: bins at or above the cut keep only their quietest frame
+    (the voice is gone, the noise floor stays); below it, and for a cut at the top, the
+    window is untouched."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 6, BINS, generator=gen) + 1.0
+    x[:, 3, :] = 5.0  # a loud frame of voice in every bin
+    y = band_limit(x, torch.tensor([BINS, 12]))
+    assert torch.equal(y[0], x[0]) and torch.equal(y[1, :, :12], x[1, :, :12])
+    floor = x[1, :, 12:].amin(dim=0)
+    assert torch.equal(y[1, :, 12:], floor.expand(6, -1)) and float(y[1, 3, 12:].max()) < 5.0
 
 
 def test_pauc_bounds() -> None:
