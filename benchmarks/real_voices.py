@@ -120,10 +120,12 @@ def mine_round(root: Path) -> None:
 
 def check_training_is_clean(raw: dict[str, Any], real: Path) -> None:
     """No training source reads the real recordings; no held-out voice trains."""
-    for src in raw["ingest"]["sources"]:
-        root = (REPO / str(src["root"])).resolve()
+    reads = [(f"ingest source {s['name']!r}", str(s["root"])) for s in raw["ingest"]["sources"]]
+    reads += [("mine.audio", str(a)) for a in raw["mine"]["audio"]]
+    for what, folder in reads:
+        root = (REPO / folder).resolve()
         if real.resolve() in (root, *root.parents) or root in real.resolve().parents:
-            sys.exit(f"ingest source {src['name']!r} reads {real}: not a clean benchmark.")
+            sys.exit(f"{what} reads {real}: not a clean benchmark.")
     gen = raw["generate"]
     used = {v.split("+")[0] for v in [*gen["voices"], *gen["accent_voices"]]}
     if used & set(HELD_OUT_VOICES):
@@ -597,8 +599,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     ap.add_argument("--project", type=Path, help="an already built copy: skip training")
     args = ap.parse_args()
-    if args.mine_rounds < 0:
-        sys.exit(f"--mine-rounds {args.mine_rounds}: give 0 or more rounds.")
+    if args.mine_rounds < 0 or (args.mine_rounds and args.project):
+        sys.exit(f"--mine-rounds {args.mine_rounds}: give 0 or more rounds, and no --project.")
     logging.basicConfig(level=logging.WARNING)
     folder = args.phrase.lower().replace(" ", "_")
     real = args.real or args.data / "wakewords-real" / folder

@@ -137,9 +137,8 @@ def threshold_grid(
     near a score of 1 one quantile step spans many of them. Trying the values themselves
     makes FAH targets of a few alarms per hour exact instead of a step off."""
     high = np.unique(pooled if alarms is None else alarms)[-top:]
-    return np.unique(
-        np.concatenate([np.quantile(pooled, quantiles), fixed, high, np.nextafter(high, np.inf)])
-    )
+    above = np.minimum(np.nextafter(high, np.inf), 1.0)  # scores are probabilities
+    return np.unique(np.concatenate([np.quantile(pooled, quantiles), fixed, high, above]))
 
 
 def threshold_for_fah(

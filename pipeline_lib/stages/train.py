@@ -205,7 +205,7 @@ class Trainer:
         if prob <= 0:
             return x
         f = x.shape[2]
-        # the band ends between 40% and 90% of the mel axis (about 1.5 to 6 kHz at 40 bins)
+        # the band ends between 40% and 90% of the mel axis (about 1.3 to 6 kHz)
         cut = (f * (0.4 + 0.5 * torch.rand(x.shape[0], generator=gen))).long()
         keep = torch.rand(x.shape[0], generator=gen) >= prob
         return band_limit(x, torch.where(keep, torch.full_like(cut, f), cut))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -199,7 +200,8 @@ def write_pair(
         arena_bytes=arena,
         tensor_arena_size=arena + params.export.arena_margin_bytes,
         stride=info.stride,
-        probability_cutoff=round(float(cal.rule.threshold), 4),
+        # rounded up: a cutoff rounded down could let back the alarm it was set just above
+        probability_cutoff=min(1.0, math.ceil(float(cal.rule.threshold) * 1e4) / 1e4),
         sliding_window_size=window,
         variables=info.variables,
         ops=list(info.ops),
