@@ -55,7 +55,7 @@ def choose_rule(
         cand = {
             "target_fah": target_fah,
             "smoothing": k,
-            "threshold": thr,  # unrounded: it may sit one float above an alarm
+            "threshold": round(thr, 6),
             "hop_frames": hop,
             "refractory_s": cal.refractory_s,
             "fah": round(fa / audio.background.hours, 4),

@@ -257,9 +257,13 @@ def test_stage_killed_mid_ingest_leaves_old_outputs_and_no_debris(
     import time
 
     start = time.monotonic()
-    while not list(layout.root.glob("data/.ingest.*.tmp")) and time.monotonic() - start < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # killed once the first clips are written into the temporary folder: in the middle of
+    # the work on any machine (a fixed sleep after the folder appeared was sometimes the end)
+    while (
+        not list(layout.root.glob("data/.ingest.*.tmp/**/*.flac"))
+        and time.monotonic() - start < deadline
+    ):
+        time.sleep(0.02)
     proc.kill()
     proc.wait()
     after = layout.manifest.read_bytes(), (layout.metrics / "ingest.json").read_bytes()
