@@ -58,6 +58,13 @@ def sliding_window(cal: Calibration, stride: int) -> int:
     return max(1, round(cal.rule.smoothing * cal.rule.hop_frames / stride))
 
 
+def probability_cutoff(threshold: float) -> float:
+    """The calibrated threshold at the manifest's 4 decimals, rounded up: rounded down it
+    could let back the alarm that calibration set it just above (the inner round keeps
+    float noise, 0.6 * 1e4 = 6000.000000000001, from adding a step)."""
+    return min(1.0, math.ceil(round(float(threshold) * 1e4, 6)) / 1e4)
+
+
 def manifest(
     params: Params, name: str, model: str, cutoff: float, window: int, arena: int
 ) -> dict[str, object]:
@@ -71,7 +78,7 @@ def manifest(
         "trained_languages": list(e.trained_languages),
         "version": 2,
         "micro": {
-            "probability_cutoff": round(float(cutoff), 4),
+            "probability_cutoff": probability_cutoff(cutoff),
             "sliding_window_size": int(window),
             "feature_step_size": 10,
             "tensor_arena_size": int(arena),
@@ -200,8 +207,7 @@ def write_pair(
         arena_bytes=arena,
         tensor_arena_size=arena + params.export.arena_margin_bytes,
         stride=info.stride,
-        # rounded up: a cutoff rounded down could let back the alarm it was set just above
-        probability_cutoff=min(1.0, math.ceil(float(cal.rule.threshold) * 1e4) / 1e4),
+        probability_cutoff=probability_cutoff(cal.rule.threshold),
         sliding_window_size=window,
         variables=info.variables,
         ops=list(info.ops),
