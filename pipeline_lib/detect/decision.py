@@ -123,20 +123,16 @@ def fah_bound(events: int, hours: float, confidence: float) -> float:
 
 
 def threshold_grid(
-    pooled: np.ndarray,
-    quantiles: np.ndarray,
-    fixed: np.ndarray,
-    alarms: np.ndarray | None = None,
-    top: int = 512,
+    pooled: np.ndarray, quantiles: np.ndarray, fixed: np.ndarray, alarms: np.ndarray, top: int = 512
 ) -> np.ndarray:
     """Thresholds to try, rising: quantiles of the scores, fixed points, and each of the
-    ``top`` highest distinct scores of ``alarms`` (the target-free audio; default ``pooled``)
-    and the next float above it.
+    ``top`` highest distinct scores of ``alarms`` (the target-free audio) and the next float
+    above it.
 
     Low false-alarm targets are decided by the few loudest windows, which quantiles miss:
     near a score of 1 one quantile step spans many of them. Trying the values themselves
     makes FAH targets of a few alarms per hour exact instead of a step off."""
-    high = np.unique(pooled if alarms is None else alarms)[-top:]
+    high = np.unique(alarms)[-top:]
     above = np.minimum(np.nextafter(high, np.inf), 1.0)  # scores are probabilities
     return np.unique(np.concatenate([np.quantile(pooled, quantiles), fixed, high, above]))
 

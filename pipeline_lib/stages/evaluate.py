@@ -74,14 +74,16 @@ def sweep(
     """FAH on background and recall on the positive stream at many thresholds (the DET
     curve), with the calibrated smoothing."""
     hours = sum(r.duration_s for r in background) / 3600
-    alarms = np.concatenate([r.scored.smoothed for r in background])
-    pooled = np.concatenate([alarms, pos.smoothed])
-    grid = decision.threshold_grid(
-        pooled, np.linspace(0.0, 1.0, points), np.linspace(0.02, 0.999, 50), alarms
-    )
-    rows = []
     sm = [r.scored.smoothed for r in background]
     ts = [r.scored.times for r in background]
+    alarms = np.concatenate(sm)
+    grid = decision.threshold_grid(
+        np.concatenate([alarms, pos.smoothed]),
+        np.linspace(0.0, 1.0, points),
+        np.linspace(0.02, 0.999, 50),
+        alarms,
+    )
+    rows = []
     for thr in grid:
         n = metrics.count_events(sm, ts, float(thr), refractory_s)
         ev = metrics.match_events(_events(pos, float(thr), refractory_s), spans, window_s, tol)

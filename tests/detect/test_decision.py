@@ -72,5 +72,6 @@ def test_the_grid_holds_the_loudest_alarms_among_louder_positives() -> None:
     for alarm in (0.99930, 0.99960):
         assert np.nextafter(alarm, 1.0) in grid  # the DET point just above each alarm
     assert np.all(np.diff(grid) > 0)
-    saturated = decision.threshold_grid(np.r_[alarms, 1.0], np.linspace(0, 1, 30), np.r_[0.5])
+    loud = np.r_[alarms, 1.0]
+    saturated = decision.threshold_grid(loud, np.linspace(0, 1, 30), np.r_[0.5], loud)
     assert saturated.max() == 1.0  # a probability threshold, never above 1
