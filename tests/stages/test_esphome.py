@@ -190,3 +190,15 @@ def test_a_model_that_cannot_stream_is_named(pair: dict[str, Any], tmp_path: Pat
         with pytest.raises(SoundopsError, match=words):
             esphome.build_streaming(whole, spec, 1.0, tmp_path / "x.tflite")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_a_cutoff_the_uint8_output_cannot_pass_is_capped() -> None:
+    # ESPHome fires when the sliding mean of uint8 probabilities (scale 1/256) is above
+    # the cutoff: the mean never exceeds 255/256, so a calibrated 0.9969 would never fire
+    top = 255 * esphome.OUTPUT_SCALE
+    for thr in (0.9969, 0.9999, 1.0):
+        cutoff = esphome_pair.probability_cutoff(thr)
+        assert cutoff < top and cutoff == esphome_pair.TOP_CUTOFF == 0.996
+    # below the top step the cutoff is the threshold rounded up, as before
+    assert esphome_pair.probability_cutoff(0.95) == 0.95
+    assert esphome_pair.probability_cutoff(0.99531) == 0.9954

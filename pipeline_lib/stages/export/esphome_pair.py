@@ -58,11 +58,19 @@ def sliding_window(cal: Calibration, stride: int) -> int:
     return max(1, round(cal.rule.smoothing * cal.rule.hop_frames / stride))
 
 
+# The highest 4-decimal cutoff the uint8 output (scale 1/256) can still pass: ESPHome fires
+# when the sliding mean is above the cutoff, and the mean never exceeds 255/256 = 0.99609.
+TOP_CUTOFF = math.floor(255 * esphome.OUTPUT_SCALE * 1e4 - 1e-6) / 1e4
+
+
 def probability_cutoff(threshold: float) -> float:
     """The calibrated threshold at the manifest's 4 decimals, rounded up: rounded down it
     could let back the alarm that calibration set it just above (the inner round keeps
-    float noise, 0.6 * 1e4 = 6000.000000000001, from adding a step)."""
-    return min(1.0, math.ceil(round(float(threshold) * 1e4, 6)) / 1e4)
+    float noise, 0.6 * 1e4 = 6000.000000000001, from adding a step). A threshold above
+    what the uint8 output can reach is capped at ``TOP_CUTOFF``: the device then fires on
+    a full-scale output held for the whole sliding window, where the uncapped cutoff would
+    never fire (the export's FAH gate measures what the cap costs)."""
+    return min(TOP_CUTOFF, math.ceil(round(float(threshold) * 1e4, 6)) / 1e4)
 
 
 def manifest(
@@ -167,6 +175,14 @@ def write_pair(
         )
     arena = measure_arena(tflite)
     window = sliding_window(cal, info.stride)
+    if probability_cutoff(cal.rule.threshold) < cal.rule.threshold:
+        log.warning(
+            "export: the calibrated threshold %.4f is above what the ESPHome model's uint8 "
+            "output can reach; its probability_cutoff is capped at %.4f (a higher FAH target, "
+            "calibrate.preset, keeps the two alike)",
+            cal.rule.threshold,
+            TOP_CUTOFF,
+        )
     doc_path = folder / f"{stem}.json"
     write_json(
         doc_path,
