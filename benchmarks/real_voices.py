@@ -27,6 +27,8 @@ server: the device model wakes, the verifier confirms from the clip around the w
     python benchmarks/real_voices.py [--phrase alexa] [--recipe real_voice]
         [--set train.epochs=20 ...]
         [--mine-rounds N]               # mine, accept and rebuild N times first
+        [--train-seeds 1,2]             # also retrain on the same corpus with these
+                                        # train.seed values: the spread of the figures
         [--keep DIR] [--project DIR]    # --project: score an already built copy
 """
 
@@ -116,6 +118,35 @@ def mine_round(root: Path) -> None:
     run(root, "dvc", "repro", "mine")
     run(root, "soundops", "mine", "accept")
     run(root, "dvc", "repro", "export")
+
+
+def retrain(root: Path, seed: int | None) -> None:
+    """Set ``train.seed`` in the copy and rebuild through export (the corpus stays)."""
+    path = root / "params.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["train"]["seed"] = seed
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    run(root, "dvc", "repro", "export")
+
+
+def seed_rows(
+    root: Path, seed: int, pos: Positives, streams: list[Path], preset: str, refractory: float
+) -> list[dict[str, Any]]:
+    """The INT8 model and its ESPHome form, retrained with ``train.seed``, on the same audio."""
+    mine = ours(root, pos, streams, preset)[0]
+    mine["model"] += f", train.seed {seed}"
+    rows = [mine]
+    for esp in sorted((root / "data" / "export" / "esphome").glob("*.json")):
+        label = f"soundops ESPHome streaming INT8 ({esp.name}), train.seed {seed}"
+        rows.append(manifest_model(esp, label, pos, streams, refractory))
+    return rows
+
+
+def spread(rows: list[dict[str, Any]]) -> None:
+    """Mean, min and max of FRR at each FAH over the seeds of one model form."""
+    frr = np.array([[r["frr_at_fah"][str(f)]["frr"] for f in FAH_TARGETS] for r in rows])
+    for name, v in (("mean", frr.mean(0)), ("min", frr.min(0)), ("max", frr.max(0))):
+        print(f"  {name:>4}: " + " / ".join(f"{x:.3f}" for x in v))
 
 
 def check_training_is_clean(raw: dict[str, Any], real: Path) -> None:
@@ -596,11 +627,22 @@ def main() -> None:
         default=0,
         help="hard-negative mining rounds after the first export (mine, accept, repro)",
     )
+    ap.add_argument(
+        "--train-seeds",
+        default="",
+        help="comma-separated train.seed values to retrain on the same corpus and score too",
+    )
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     ap.add_argument("--project", type=Path, help="an already built copy: skip training")
     args = ap.parse_args()
     if args.mine_rounds < 0 or (args.mine_rounds and args.project):
         sys.exit(f"--mine-rounds {args.mine_rounds}: give 0 or more rounds, and no --project.")
+    try:
+        seeds = [int(x) for x in args.train_seeds.split(",") if x.strip()]
+    except ValueError:
+        sys.exit(f"--train-seeds {args.train_seeds!r}: give whole numbers separated by commas.")
+    if any(not 0 <= x < 2**32 for x in seeds):
+        sys.exit(f"--train-seeds {args.train_seeds!r}: each seed must lie in 0 .. 2**32 - 1.")
     logging.basicConfig(level=logging.WARNING)
     folder = args.phrase.lower().replace(" ", "_")
     real = args.real or args.data / "wakewords-real" / folder
@@ -673,6 +715,25 @@ def main() -> None:
     score_s = time.perf_counter() - t0
     ingest = json.loads((root / "metrics" / "ingest.json").read_text())
     report(args, real, pos, sources, results, ingest, train_s, build_s, score_s)
+    seeded: list[dict[str, Any]] = []
+    if seeds:
+        first = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["train"]["seed"]
+        own = first if first is not None else seed
+        t0 = time.perf_counter()
+        for s in seeds:
+            retrain(root, s)
+            seeded += seed_rows(root, s, pos, streams, args.preset, refractory)
+        retrain(root, first)  # the copy back as it was (DVC's run cache: no retraining)
+        print(
+            f"\nretrained and scored {len(seeds)} more seed(s) in {time.perf_counter() - t0:.0f} s"
+        )
+        print_table(seeded)
+        for form in ("soundops INT8", "soundops ESPHome"):
+            rows = [r for r in results if r["model"].startswith(form)][:1]
+            rows += [r for r in seeded if r["model"].startswith(form)]
+            print(f"{form}, FRR at {' / '.join(f'{f:g}' for f in FAH_TARGETS)} FAH over "
+                  f"train.seed {own} and {', '.join(map(str, seeds))}:")  # fmt: skip
+            spread(rows)
     out = {
         "phrase": args.phrase,
         "snr_db": args.snr_db,
@@ -683,6 +744,7 @@ def main() -> None:
         "overrides": args.set,
         "mine_rounds": args.mine_rounds,
         "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],
+        "train_seeds": [{k: v for k, v in r.items() if k != "curve"} for r in seeded],
     }
     (work / "real_voices.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
     plot(results, work / "real_voices.png", f"'{args.phrase}': {len(pos.spans)} real speakers")
@@ -719,6 +781,18 @@ def report(
     for k, v in sources.items():
         print(f"  {k}: {v / 3600:.2f} h")
     print(f"(built in {build_s:.0f} s, scored in {score_s:.0f} s)\n")
+    print_table(results)
+    mine = results[0]
+    op, target = mine["operating_point"], mine["preset"]["target_fah"]
+    inside = op["fah_lo"] <= target <= op["fah_hi"]
+    print(
+        f"\npreset {mine['preset']['name']!r} (target {target:g} FAH): measured "
+        f"{op['fah']:.2f} ({op['fah_lo']:.2f}-{op['fah_hi']:.2f}) over {mine['hours']:.2f} h: "
+        f"target {'inside' if inside else 'OUTSIDE'} the 95% interval"
+    )
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
     head = [
         "model",
         *[f"FRR@{f:g}" for f in FAH_TARGETS],
@@ -745,14 +819,6 @@ def report(
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     for line in [head, *rows]:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
-    mine = results[0]
-    op, target = mine["operating_point"], mine["preset"]["target_fah"]
-    inside = op["fah_lo"] <= target <= op["fah_hi"]
-    print(
-        f"\npreset {mine['preset']['name']!r} (target {target:g} FAH): measured "
-        f"{op['fah']:.2f} ({op['fah_lo']:.2f}-{op['fah_hi']:.2f}) over {mine['hours']:.2f} h: "
-        f"target {'inside' if inside else 'OUTSIDE'} the 95% interval"
-    )
 
 
 if __name__ == "__main__":

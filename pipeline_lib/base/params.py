@@ -393,6 +393,7 @@ class TrainParams(_Strict):
     deterministic: bool
     distill: DistillParams
     boost: BoostParams
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None  # None: the project's seed
 
 
 class CalibrateParams(_Strict):

@@ -131,7 +131,9 @@ class Trainer:
         self.classes = params.task.classes
         _, self.frames, self.bins = self.train.x.shape
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(params.seed)
+        # initial weights and batches; train.seed retrains on the same corpus
+        self.seed = params.seed if self.tp.seed is None else self.tp.seed
+        torch.manual_seed(self.seed)
         if self.tp.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -181,7 +183,7 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def _epoch_rows(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.p.seed, 11, epoch])
+        rng = np.random.default_rng([self.seed, 11, epoch])
         n = self.steps_per_epoch * self.tp.batch_size
         if self.tp.sampler == "balanced" or self.boosted:
             return rng.choice(len(self.sample_p), size=n, p=self.sample_p)
@@ -248,7 +250,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
         rows = self._epoch_rows(epoch)
-        gen = torch.Generator().manual_seed(self.p.seed * 1000 + epoch)
+        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         ys = self.train.index["class"].to_numpy()
         total, n = 0.0, 0
         bar = tqdm(

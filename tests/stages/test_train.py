@@ -73,6 +73,24 @@ def test_training_learns_and_saves_a_loadable_model(
     assert list(curves["epoch"]) == [1, 2, 3, 4]
 
 
+def test_train_seed_retrains_the_same_corpus_and_null_is_the_project_seed(
+    tmp_path: Path, raw_params: dict[str, Any]
+) -> None:
+    """``train.seed`` gives other initial weights and batches on the same feature store (a
+    seed's spread without a new corpus); null trains exactly as the project's seed does."""
+    weights = {}
+    for name, seed in (("null", None), ("same", raw_params["seed"]), ("other", 7)):
+        layout = Layout(tmp_path / name)
+        write_store(layout, 64, 16)
+        raw = tiny_train(raw_params, 1)
+        raw["train"]["seed"] = seed
+        run_train(parse_params(raw), layout)
+        weights[name] = load_file(str(layout.model / "model.safetensors"))
+    a, b, c = weights["null"], weights["same"], weights["other"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def _project(root: Path, raw: dict[str, Any]) -> Layout:
     layout = Layout(root)
     root.mkdir(parents=True)
