@@ -29,7 +29,8 @@ server: the device model wakes, the verifier confirms from the clip around the w
         [--mine-rounds N]               # mine, accept and rebuild N times first
         [--train-seeds 1,2]             # also retrain on the same corpus with these
                                         # train.seed values: the spread of the figures
-        [--keep DIR] [--project DIR]    # --project: score an already built copy
+        [--keep DIR] [--project DIR]    # --project: score a built copy (dvc repro export
+                                        # first, so changed params are rebuilt)
 """
 
 from __future__ import annotations
@@ -667,6 +668,10 @@ def main() -> None:
         train_s = time.perf_counter() - start
     raw = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     check_training_is_clean(raw, real)
+    if args.project is not None:  # a no-op when the copy is up to date; else its params win
+        run(root, "dvc", "repro", "export")
+        if raw.get("verifier", {}).get("enabled"):
+            run(root, "dvc", "repro", "verifier")
     seed = int(raw["seed"])
     noise = sorted((args.data / "drone").rglob("*.flac"))
     t0 = time.perf_counter()
