@@ -121,12 +121,9 @@ def mine_round(root: Path) -> None:
     run(root, "dvc", "repro", "export")
 
 
-def retrain(root: Path, seed: int | None) -> None:
+def retrain(root: Path, phrase: str, seed: int | None) -> None:
     """Set ``train.seed`` in the copy and rebuild through export (the corpus stays)."""
-    path = root / "params.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    raw["train"]["seed"] = seed
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    set_params(root, phrase, None, [f"train.seed={'null' if seed is None else seed}"])
     run(root, "dvc", "repro", "export")
 
 
@@ -642,8 +639,10 @@ def main() -> None:
         seeds = [int(x) for x in args.train_seeds.split(",") if x.strip()]
     except ValueError:
         sys.exit(f"--train-seeds {args.train_seeds!r}: give whole numbers separated by commas.")
-    if any(not 0 <= x < 2**32 for x in seeds):
-        sys.exit(f"--train-seeds {args.train_seeds!r}: each seed must lie in 0 .. 2**32 - 1.")
+    from pipeline_lib.base.params import MAX_SEED
+
+    if any(not 0 <= x <= MAX_SEED for x in seeds):
+        sys.exit(f"--train-seeds {args.train_seeds!r}: each seed must lie in 0 .. {MAX_SEED}.")
     logging.basicConfig(level=logging.WARNING)
     folder = args.phrase.lower().replace(" ", "_")
     real = args.real or args.data / "wakewords-real" / folder
@@ -722,13 +721,13 @@ def main() -> None:
     report(args, real, pos, sources, results, ingest, train_s, build_s, score_s)
     seeded: list[dict[str, Any]] = []
     if seeds:
-        first = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["train"]["seed"]
+        first, phrase = raw["train"]["seed"], raw["generate"]["phrase"]  # the copy's own
         own = first if first is not None else seed
         t0 = time.perf_counter()
         for s in seeds:
-            retrain(root, s)
+            retrain(root, phrase, s)
             seeded += seed_rows(root, s, pos, streams, args.preset, refractory)
-        retrain(root, first)  # the copy back as it was (DVC's run cache: no retraining)
+        retrain(root, phrase, first)  # the copy back as it was (DVC run cache)
         print(
             f"\nretrained and scored {len(seeds)} more seed(s) in {time.perf_counter() - t0:.0f} s"
         )
