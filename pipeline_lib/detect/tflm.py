@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -73,29 +74,44 @@ def measure_arena(path: Path) -> int:
     if match is None:
         raise SoundopsError(f"{path}: TensorFlow Lite Micro printed no arena allocation total.")
     used = int(match.group(1))
-    if _runs_in(path, used, det):
+    if runs_in(path, used):
         return used
     # A streaming model allocates its resource variables in the arena on its first invoke,
     # after the record was taken: the smallest arena that runs it twice is then the figure.
     lo, hi = used, 65536 + 10 * path.stat().st_size
-    if not _runs_in(path, hi, det):
+    if not runs_in(path, hi):
         raise SoundopsError(f"{path}: TensorFlow Lite Micro cannot run it in {hi} bytes.")
     while lo < hi:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _runs_in(path, mid, det) else (mid + 1, hi)
+        lo, hi = (lo, mid) if runs_in(path, mid) else (mid + 1, hi)
     return hi
 
 
-def _runs_in(path: Path, arena: int, det: dict[str, Any]) -> bool:
-    try:
-        with capture_fd(2):  # a failed allocation prints its reason, then raises
-            interp = _interpreter(path, arena)
-            for _ in range(2):
-                interp.set_input(np.zeros(det["shape"], det["dtype"]), 0)
-                interp.invoke()
-    except (SoundopsError, RuntimeError):
-        return False
-    return True
+# One probe of measure_arena, in a child process: TFLM's Python binding can crash the
+# process (SIGSEGV) rather than raise when an arena is just too small to build the
+# interpreter (a 64-channel stream_dscnn's ESPHome model did, at its recorded figure).
+_PROBE = """
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+interp = runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))
+det = interp.get_input_details(0)
+for _ in range(2):
+    interp.set_input(np.zeros(det["shape"], det["dtype"]), 0)
+    interp.invoke()
+"""
+
+
+def runs_in(path: Path, arena: int) -> bool:
+    """Whether ``path`` builds and runs twice in ``arena`` bytes; a probe that fails or
+    crashes says no, and never takes this process with it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), str(int(arena))],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    return done.returncode == 0
 
 
 class StreamingTflm:

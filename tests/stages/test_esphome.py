@@ -17,10 +17,11 @@ from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.params import Params
 from pipeline_lib.detect import decision, metrics
 from pipeline_lib.detect.checkpoint import ModelSpec
+from pipeline_lib.detect.models import build, count_params_macs
 from pipeline_lib.detect.runtimes import OnnxScorer, load_scorer
 from pipeline_lib.detect.streaming import Calibration, FrontEnd, score_file
-from pipeline_lib.detect.tflm import StreamingTflm, TflmScorer, measure_arena
-from pipeline_lib.stages.export import esphome, esphome_pair
+from pipeline_lib.detect.tflm import StreamingTflm, TflmScorer, measure_arena, runs_in
+from pipeline_lib.stages.export import esphome, esphome_pair, quantize
 from tests import chirp_model
 from tests.conftest import shipped_params, write_audio
 
@@ -143,6 +144,40 @@ def test_only_esphome_ops_and_an_arena_tflm_measured(pair: dict[str, Any]) -> No
     assert stream.probabilities(np.zeros((50, 40), np.float32)).shape == (10,)
     with pytest.raises(SoundopsError, match="cannot allocate"):
         StreamingTflm(tflite, measured // 4).probabilities(np.zeros((50, 40), np.float32))
+
+
+def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(tmp_path: Path) -> None:
+    """TFLM's Python binding crashes (SIGSEGV) instead of raising when a 64-channel
+    stream_dscnn's ESPHome model is built in the arena its allocation record states; the
+    export stage died with it (exit -11). Each probe now runs in a child process."""
+    import torch
+
+    torch.manual_seed(0)
+    options: dict[str, object] = {"channels": 64, "kernel": 7}
+    net = build("stream_dscnn", 2, 148, 40, **options).eval()
+    n_params, macs = count_params_macs(net, 148, 40)
+    spec = ModelSpec(
+        arch="stream_dscnn",
+        classes={"other": ["noise"], "target": ["target"]},
+        frames=148,
+        bins=40,
+        rate=RATE,
+        features=dict(shipped_params()["features"]),
+        norm_mean=[0.0] * 40,
+        norm_std=[1.0] * 40,
+        params=n_params,
+        macs=macs,
+        options=options,
+    )
+    rep = np.random.default_rng(0).standard_normal((64, 148, 40)).astype(np.float32)
+    graph, quantizer = quantize.quantize_pt2e(net, 148, 40, rep)
+    whole = quantize.to_tflite(graph, quantizer, 148, 40, tmp_path / "whole.tflite")
+    stream = tmp_path / "stream.tflite"
+    info = esphome.build_streaming(whole, spec, 1.0, stream)
+    arena = measure_arena(stream)
+    assert runs_in(stream, arena) and not runs_in(stream, arena - 1)
+    probs = StreamingTflm(stream, arena).probabilities(np.zeros((50, 40), np.float32))
+    assert probs.shape == (50 // info.stride,)
 
 
 def test_streaming_matches_the_whole_window_model_step_for_step(pair: dict[str, Any]) -> None:
