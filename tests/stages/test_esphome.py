@@ -146,11 +146,12 @@ def test_only_esphome_ops_and_an_arena_tflm_measured(pair: dict[str, Any]) -> No
         StreamingTflm(tflite, measured // 4).probabilities(np.zeros((50, 40), np.float32))
 
 
-def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(tmp_path: Path) -> None:
-    """TFLM's Python binding crashes (SIGSEGV) instead of raising when a 64-channel
-    stream_dscnn's ESPHome model is built in the arena its allocation record states; the
-    export stage died with it (exit -11). Each probe now runs in a child process."""
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, esphome.StreamingModel]:
+    """A random 64-channel stream_dscnn: its whole-window INT8 file and its ESPHome file."""
     import torch
+
+    tmp_path = tmp_path_factory.mktemp("wide")
 
     torch.manual_seed(0)
     options: dict[str, object] = {"channels": 64, "kernel": 7}
@@ -174,10 +175,39 @@ def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(tmp_path: Path) ->
     whole = quantize.to_tflite(graph, quantizer, 148, 40, tmp_path / "whole.tflite")
     stream = tmp_path / "stream.tflite"
     info = esphome.build_streaming(whole, spec, 1.0, stream)
+    return whole, stream, info
+
+
+def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(
+    wide: tuple[Path, Path, esphome.StreamingModel],
+) -> None:
+    """TFLM's Python binding crashes (SIGSEGV) instead of raising when a 64-channel
+    stream_dscnn's ESPHome model is built in the arena its allocation record states; the
+    export stage died with it (exit -11). Each probe now runs in a child process."""
+    _, stream, info = wide
     arena = measure_arena(stream)
     assert runs_in(stream, arena) and not runs_in(stream, arena - 1)
     probs = StreamingTflm(stream, arena).probabilities(np.zeros((50, 40), np.float32))
     assert probs.shape == (50 // info.stride,)
+
+
+def test_a_64_channel_esphome_model_fits_64_kb(
+    wide: tuple[Path, Path, esphome.StreamingModel],
+) -> None:
+    """The streaming file carries no per-channel quantization tables on its convolution
+    biases (int8 kernels never read them) and one buffer for identical zeroed states: with
+    them a 64-channel model's file was 66,528 B, over the 64 KB a wake word may take."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    _, stream, _ = wide
+    assert stream.stat().st_size <= 64 * 1024
+    model = fb.read_model(str(stream))
+    main, init = model.subgraphs
+    conv_biases = [main.tensors[o.inputs[2]] for o in main.operators if len(o.inputs) == 3
+                   and o.inputs[2] >= 0 and main.tensors[o.inputs[2]].type == 2]  # fmt: skip
+    assert conv_biases and all(t.quantization is None for t in conv_biases[:-1])
+    zeros = [t.buffer for t in init.tensors if t.buffer]
+    assert len(set(zeros)) < len(zeros)
 
 
 def test_streaming_matches_the_whole_window_model_step_for_step(pair: dict[str, Any]) -> None:

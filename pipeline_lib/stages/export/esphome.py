@@ -114,6 +114,7 @@ class _Builder:
         self.init = self._subgraph(b"init")
         self.model.subgraphs = [self.main, self.init]
         self.codes: dict[str, int] = {}
+        self.buffer_of: dict[bytes, int] = {}
         self.state_bytes = 0
         self.variables = 0
 
@@ -136,10 +137,13 @@ class _Builder:
         t.type = getattr(self.s.TensorType, ttype)
         t.buffer = 0
         if data is not None:
-            b = self.s.BufferT()
-            b.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-            self.model.buffers.append(b)
-            t.buffer = len(self.model.buffers) - 1
+            raw = np.ascontiguousarray(data).tobytes()
+            if raw not in self.buffer_of:  # identical constants (the zeroed states) share one
+                b = self.s.BufferT()
+                b.data = np.frombuffer(raw, np.uint8)
+                self.model.buffers.append(b)
+                self.buffer_of[raw] = len(self.model.buffers) - 1
+            t.buffer = self.buffer_of[raw]
         if quant is not None:
             q = self.s.QuantizationParametersT()
             q.scale = [float(v) for v in quant[0]]
@@ -286,16 +290,18 @@ def build_streaming(whole: Path, spec: ModelSpec, temperature: float, path: Path
                 b.op(b.main, "RESHAPE", [inp, b.const_i32([1, stride, 1, spec.bins])], [shaped], ro)
                 cur, steps = shaped, stride
                 weights = b.tensor(b.main, list(w.shape), "INT8", (list(sw), [0] * len(sw)), qw)
-                biases = b.tensor(
-                    b.main, [len(qb)], "INT32", (list(INPUT_SCALE * sw), [0] * len(sw)), qb
-                )
+                biases = b.tensor(b.main, [len(qb)], "INT32", data=qb)
             else:
                 if int(opts.strideH) != 1 and kh > 1:
                     raise SoundopsError(f"{whole}: op {k} ({name}) strides in time.")
                 weights = b.tensor(
                     b.main, list(w.shape), "INT8", _quant(wt), w, wt.quantization.quantizedDimension
                 )
-                biases = b.tensor(b.main, list(bias.shape), "INT32", _quant(bt), bias)
+                biases = b.tensor(b.main, list(bias.shape), "INT32", data=bias)
+            # no quantization on the biases: int8 CONV_2D and DEPTHWISE_CONV_2D take the
+            # bias as int32 at input scale x filter scale and never read its parameters
+            # (TFLite's PopulateConvolutionQuantizationParams), and nine per-channel tables
+            # of 64 float scales and 64 int64 zero points would cost 6.9 KB of the 64 KB
             if kh > steps:
                 cur = b.ring(cur, steps, kh - steps, channels, q_cur)
             if kh < steps:
