@@ -102,15 +102,18 @@ for _ in range(2):
 """
 
 
-def runs_in(path: Path, arena: int) -> bool:
-    """Whether ``path`` builds and runs twice in ``arena`` bytes; a probe that fails or
-    crashes says no, and never takes this process with it."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path), str(int(arena))],
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+def runs_in(path: Path, arena: int, timeout_s: float = 300.0) -> bool:
+    """Whether ``path`` builds and runs twice in ``arena`` bytes; a probe that fails,
+    crashes or outlives ``timeout_s`` says no, and never takes this process with it."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path), str(int(arena))],
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:  # a probe that hangs says no as well
+        return False
     return done.returncode == 0
 
 

@@ -187,6 +187,7 @@ def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(
     _, stream, info = wide
     arena = measure_arena(stream)
     assert runs_in(stream, arena) and not runs_in(stream, arena - 1)
+    assert not runs_in(stream, arena, timeout_s=0.01)  # a probe that hangs is a no too
     probs = StreamingTflm(stream, arena).probabilities(np.zeros((50, 40), np.float32))
     assert probs.shape == (50 // info.stride,)
 
