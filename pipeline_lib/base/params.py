@@ -76,7 +76,8 @@ class BackgroundParams(_Strict):
     ]  # a pool for hard-negative mining, in no split
     stream_minutes: Annotated[float, Field(gt=0, le=60)]
     speech_share: Annotated[float, Field(ge=0, le=1)]
-    confusable_share: Annotated[float, Field(ge=0, le=1)]
+    confusable_share: Annotated[float, Field(ge=0, le=1)]  # train and mine recordings
+    val_test_confusable_share: Annotated[float, Field(ge=0, le=1)]  # where FAH is measured
 
 
 class DemoCounts(_Strict):
