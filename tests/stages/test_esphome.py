@@ -187,9 +187,28 @@ def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(
     _, stream, info = wide
     arena = measure_arena(stream)
     assert runs_in(stream, arena) and not runs_in(stream, arena - 1)
-    assert not runs_in(stream, arena, timeout_s=0.01)  # a probe that hangs is a no too
     probs = StreamingTflm(stream, arena).probabilities(np.zeros((50, 40), np.float32))
     assert probs.shape == (50 // info.stride,)
+
+
+@pytest.mark.parametrize(
+    ("probe", "timeout_s"),
+    [("import ctypes; ctypes.string_at(0)", 60.0), ("import time; time.sleep(60)", 1.0)],
+    ids=["segfaults", "hangs"],
+)
+def test_a_probe_that_segfaults_or_hangs_says_no(
+    probe: str, timeout_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the binding does in the child (here: a SIGSEGV, or no answer), the
+    bisection hears "does not run" and this process goes on."""
+    import time
+
+    from pipeline_lib.detect import tflm
+
+    monkeypatch.setattr(tflm, "_PROBE", probe)
+    start = time.monotonic()
+    assert not tflm.runs_in(tmp_path / "any.tflite", 30_000, timeout_s=timeout_s)
+    assert time.monotonic() - start < 30
 
 
 def test_a_64_channel_esphome_model_fits_64_kb(
@@ -207,6 +226,7 @@ def test_a_64_channel_esphome_model_fits_64_kb(
     conv_biases = [main.tensors[o.inputs[2]] for o in main.operators if len(o.inputs) == 3
                    and o.inputs[2] >= 0 and main.tensors[o.inputs[2]].type == 2]  # fmt: skip
     assert conv_biases and all(t.quantization is None for t in conv_biases[:-1])
+    assert conv_biases[-1].quantization is not None  # FULLY_CONNECTED checks its bias scale
     zeros = [t.buffer for t in init.tensors if t.buffer]
     assert len(set(zeros)) < len(zeros)
 

@@ -228,9 +228,11 @@ def _quant(t: Any) -> tuple[list[float], list[int]]:
 
 
 def _per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel int8 of float weights (first axis): values, scales."""
+    """Symmetric per-output-channel int8 of float weights (first axis): values, scales.
+    A channel of zeros gets scale 1, so its bias (quantized at input scale x this) stays
+    inside int32."""
     flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scales = np.where(flat > 0, flat / 127.0, 1e-9)
+    scales = np.where(flat > 0, flat / 127.0, 1.0)
     shape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.round(w / scales.reshape(shape)), -127, 127).astype(np.int8)
     return q, scales
