@@ -165,3 +165,12 @@ def clip_scores(scorer: Scorer, layout: Layout) -> tuple[np.ndarray, np.ndarray]
     store = Store.open(layout.features, "test")
     rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
     return scorer.logits(store.batch(rows)), store.index["class"].to_numpy()[rows]
+
+
+def clip_labels(layout: Layout) -> np.ndarray:
+    """Labels of the test clips, row for row with :func:`clip_scores` (a class can hold
+    several labels: near-phrase words, speech and noise are all "other")."""
+
+    store = Store.open(layout.features, "test")
+    rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
+    return store.index["label"].astype(str).to_numpy()[rows]

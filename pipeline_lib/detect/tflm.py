@@ -10,6 +10,7 @@ recording allocator actually used, so the device manifest states a measured size
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,8 @@ import numpy as np
 
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.detect.checkpoint import ModelSpec
+
+log = logging.getLogger(__name__)
 
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
@@ -63,7 +66,8 @@ def measure_arena(path: Path) -> int:
     The interpreter is created with a generous arena, run once, and its allocation record
     read; the figure is then checked by running the model in an arena of exactly that size.
     """
-    interp = _interpreter(path, 65536 + 10 * path.stat().st_size)  # generous, then measured
+    generous = 65536 + 10 * path.stat().st_size  # an upper bound, then measured
+    interp = _interpreter(path, generous)
     det = interp.get_input_details(0)
     interp.set_input(np.zeros(det["shape"], det["dtype"]), 0)
     interp.invoke()
@@ -78,7 +82,7 @@ def measure_arena(path: Path) -> int:
         return used
     # A streaming model allocates its resource variables in the arena on its first invoke,
     # after the record was taken: the smallest arena that runs it twice is then the figure.
-    lo, hi = used, 65536 + 10 * path.stat().st_size
+    lo, hi = used, generous
     if not runs_in(path, hi):
         raise SoundopsError(f"{path}: TensorFlow Lite Micro cannot run it in {hi} bytes.")
     while lo < hi:
@@ -102,6 +106,13 @@ for _ in range(2):
 """
 
 
+def to_int8(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Affine int8 quantization of a model input, rounding and saturating as TFLite does."""
+    q = np.round(values / scale) + zero_point
+    out: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
+    return out
+
+
 def runs_in(path: Path, arena: int, timeout_s: float = 300.0) -> bool:
     """Whether ``path`` builds and runs twice in ``arena`` bytes; a probe that fails,
     crashes or outlives ``timeout_s`` says no, and never takes this process with it."""
@@ -113,6 +124,9 @@ def runs_in(path: Path, arena: int, timeout_s: float = 300.0) -> bool:
             check=False,
         )
     except subprocess.TimeoutExpired:  # a probe that hangs says no as well
+        log.warning(
+            "%s: TFLite Micro probe in %d bytes timed out after %.0f s", path, arena, timeout_s
+        )
         return False
     return done.returncode == 0
 
@@ -134,9 +148,7 @@ class StreamingTflm:
 
     def quantize(self, feats: np.ndarray) -> np.ndarray:
         """Front-end output (frames, 40) as the firmware hands it to the model."""
-        q = np.round(np.asarray(feats, np.float64) / self.scale) + self.zero_point
-        out: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
-        return out
+        return to_int8(np.asarray(feats, np.float64), self.scale, self.zero_point)
 
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
         """uint8 outputs of a fresh model over ``feats``, one per ``stride`` frames; output
@@ -186,10 +198,7 @@ class TflmScorer:
 
     def quantize_input(self, windows: np.ndarray) -> np.ndarray:
         """Raw (n, frames, bins) -> int8, as the firmware computes it."""
-        norm = self.spec.normalise(windows)
-        q = np.round(norm / self.in_scale) + self.in_zp
-        out: np.ndarray = np.clip(q, -128, 127).astype(np.int8)
-        return out
+        return to_int8(self.spec.normalise(windows), self.in_scale, self.in_zp)
 
     def int8_logits(self, windows: np.ndarray) -> np.ndarray:
         q = self.quantize_input(windows)

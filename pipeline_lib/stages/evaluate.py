@@ -34,7 +34,7 @@ from pipeline_lib.base.params import ExtraSet, Params
 from pipeline_lib.base.paths import project_path
 from pipeline_lib.detect import decision, metrics
 from pipeline_lib.detect.calibration import reliability, softmax
-from pipeline_lib.detect.positives import clip_scores, positive_stream
+from pipeline_lib.detect.positives import clip_labels, clip_scores, positive_stream
 from pipeline_lib.detect.runtimes import Scorer, TorchScorer
 from pipeline_lib.detect.streaming import Calibration, Scored, StreamingDetector, score_file
 
@@ -124,8 +124,25 @@ def fah_at_recall(curve: pd.DataFrame, target: float) -> dict[str, float]:
     return {k: float(row[k]) for k in ("threshold", "fah", "recall")}
 
 
+def accepted_by_label(score: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Share of each label's test clips scored at or above the threshold.
+
+    Why: the class "other" pools near-phrase words with everyday speech and noise, so its
+    precision hides where false accepts come from; near-phrase words are where a wake word
+    fails, and the background recordings FAH is measured on may hold none of them."""
+    out: dict[str, Any] = {}
+    for label in sorted(set(labels.tolist())):
+        hit = score[labels == label] >= threshold
+        out[label] = {
+            "clips": int(hit.size),
+            "accepted": int(hit.sum()),
+            "rate": round(float(hit.mean()), 5),
+        }
+    return out
+
+
 def clip_figures(
-    raw: np.ndarray, y: np.ndarray, cal: Calibration, names: list[str]
+    raw: np.ndarray, y: np.ndarray, cal: Calibration, names: list[str], labels: np.ndarray
 ) -> tuple[dict[str, Any], metrics.Roc, np.ndarray]:
     from pipeline_lib.detect import decision
 
@@ -158,6 +175,7 @@ def clip_figures(
     figures["multiclass"] = metrics.classification(
         y, softmax(raw / cal.temperature).argmax(1), names
     )
+    figures["accepted_by_label"] = accepted_by_label(score, labels, cal.rule.threshold)
     return figures, roc, score
 
 
@@ -344,7 +362,7 @@ def run_evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     names = list(params.task.classes)
 
     raw, y = clip_scores(scorer, layout)
-    clips, roc, clip_score = clip_figures(raw, y, cal, names)
+    clips, roc, clip_score = clip_figures(raw, y, cal, names, clip_labels(layout))
     _, rel = reliability(raw, y, cal.temperature)
 
     frame = load_split_manifest(layout)
@@ -571,8 +589,23 @@ def _write(
         ("Curves", f'<div class="figs">{img}</div>'),
         (
             "Test clips",
-            html_page.table(pd.DataFrame([{k: v for k, v in clips.items() if k != "multiclass"}]))
-            + html_page.table(cm),
+            html_page.table(
+                pd.DataFrame(
+                    [
+                        {
+                            k: v
+                            for k, v in clips.items()
+                            if k not in ("multiclass", "accepted_by_label")
+                        }
+                    ]
+                )
+            )
+            + html_page.table(cm)
+            + '<p class="note">Clips scored at or above the threshold, by label: near-phrase '
+            "words are where a wake word false-accepts.</p>"
+            + html_page.table(
+                pd.DataFrame([{"label": k} | v for k, v in clips["accepted_by_label"].items()])
+            ),
         ),
         (
             "FRR at fixed FAH",

@@ -27,7 +27,7 @@ from pipeline_lib.audio import features
 from pipeline_lib.audio.io import resample
 from pipeline_lib.audio.sources.base import audio_files
 from pipeline_lib.base import html_page
-from pipeline_lib.base.atomic import atomic_path, json_text, write_csv
+from pipeline_lib.base.atomic import atomic_path, json_text, sha256, write_csv
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import Params
@@ -87,7 +87,8 @@ def _mining_files(params: Params, layout: Layout) -> list[Path]:
 
 
 def model_hash(folder: Path) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+    """The mined clips' provenance: which weights found them (16 hex digits of sha256)."""
+    return sha256(folder / "model.safetensors")[:16]
 
 
 def run_mine(params: Params, layout: Layout) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -191,23 +192,34 @@ def test_an_arena_probe_that_crashes_tflm_is_a_no_not_a_crash(
 
 
 @pytest.mark.parametrize(
-    ("probe", "timeout_s"),
-    [("import ctypes; ctypes.string_at(0)", 60.0), ("import time; time.sleep(60)", 1.0)],
+    ("probe", "timeout_s", "timed_out"),
+    [
+        ("import ctypes; ctypes.string_at(0)", 60.0, False),
+        ("import time; time.sleep(60)", 1.0, True),
+    ],
     ids=["segfaults", "hangs"],
 )
 def test_a_probe_that_segfaults_or_hangs_says_no(
-    probe: str, timeout_s: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    probe: str,
+    timeout_s: float,
+    timed_out: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Whatever the binding does in the child (here: a SIGSEGV, or no answer), the
-    bisection hears "does not run" and this process goes on."""
+    bisection hears "does not run" and this process goes on; a hang is logged, since the
+    arena then grows for a reason other than its size."""
     import time
 
     from pipeline_lib.detect import tflm
 
     monkeypatch.setattr(tflm, "_PROBE", probe)
     start = time.monotonic()
-    assert not tflm.runs_in(tmp_path / "any.tflite", 30_000, timeout_s=timeout_s)
+    with caplog.at_level(logging.WARNING, logger="pipeline_lib.detect.tflm"):
+        assert not tflm.runs_in(tmp_path / "any.tflite", 30_000, timeout_s=timeout_s)
     assert time.monotonic() - start < 30
+    assert ("timed out after 1 s" in caplog.text) is timed_out
 
 
 def test_a_64_channel_esphome_model_fits_64_kb(

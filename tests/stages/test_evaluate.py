@@ -17,6 +17,7 @@ from pipeline_lib.stages.evaluate import (
     Recording,
     _extra_clips,
     _extra_streams,
+    accepted_by_label,
     fah_at_recall,
     frr_at_fah,
     headline,
@@ -65,6 +66,19 @@ def test_sweep_separates_alarms_that_score_near_one() -> None:
     assert at1["frr"] == round(1 - 6 / 9, 5)
     at0 = frr_at_fah(curve, 0.0)  # just above 0.9996: 0.9997 .. 0.9999
     assert at0["fah"] == 0.0 and at0["frr"] == round(1 - 3 / 9, 5)
+
+
+def test_false_accepts_are_counted_per_label_at_the_threshold() -> None:
+    # "other" pools near-phrase words with speech; only the per-label split shows which
+    score = np.array([0.95, 0.40, 0.80, 0.10, 0.20, 0.70, 0.70])
+    labels = np.array(
+        ["confusable", "confusable", "confusable", "speech", "speech", "target", "target"]
+    )
+    out = accepted_by_label(score, labels, 0.7)
+    assert out["confusable"] == {"clips": 3, "accepted": 2, "rate": round(2 / 3, 5)}
+    assert out["speech"] == {"clips": 2, "accepted": 0, "rate": 0.0}
+    assert out["target"]["accepted"] == 2  # at the threshold counts as accepted
+    assert list(out) == ["confusable", "speech", "target"]
 
 
 def test_user_test_sets_are_measured(
