@@ -39,12 +39,15 @@ def tiny_demo(raw: dict[str, Any], per_label: int = 6) -> dict[str, Any]:
 
 def real_voice(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with the shipped real-voice preset's voices and perturbations merged in; the
-    tiny corpus keeps its own clip counts."""
+    tiny corpus keeps its own clip counts and recording lengths."""
     import yaml
 
     preset = yaml.safe_load((REPO / "pipeline_lib/presets/real_voice.yaml").read_text("utf-8"))
     raw = copy.deepcopy(raw)
     voices = {k: v for k, v in preset["generate"].items() if k != "counts"}
+    voices["background"] = {
+        k: v for k, v in voices.get("background", {}).items() if not k.endswith("_minutes")
+    }
     merge_keys(raw["generate"], voices)  # as the benchmark's --recipe merges it
     return raw
 
