@@ -159,11 +159,16 @@ def positive_stream(
     return pos.audio, pos.spans, Scored.join(parts)
 
 
+def _recorded_test_clips(layout: Layout) -> tuple[Store, np.ndarray]:
+    """The test feature store and its rows of clips as recorded (view 0, no augmentation)."""
+    store = Store.open(layout.features, "test")
+    return store, np.flatnonzero(store.index["view"].to_numpy() == 0)
+
+
 def clip_scores(scorer: Scorer, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Logits and classes of the test clips as recorded (view 0, no augmentation)."""
 
-    store = Store.open(layout.features, "test")
-    rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
+    store, rows = _recorded_test_clips(layout)
     return scorer.logits(store.batch(rows)), store.index["class"].to_numpy()[rows]
 
 
@@ -171,6 +176,6 @@ def clip_labels(layout: Layout) -> np.ndarray:
     """Labels of the test clips, row for row with :func:`clip_scores` (a class can hold
     several labels: near-phrase words, speech and noise are all "other")."""
 
-    store = Store.open(layout.features, "test")
-    rows = np.flatnonzero(store.index["view"].to_numpy() == 0)
-    return store.index["label"].astype(str).to_numpy()[rows]
+    store, rows = _recorded_test_clips(layout)
+    labels: np.ndarray = store.index["label"].astype(str).to_numpy()[rows]
+    return labels
