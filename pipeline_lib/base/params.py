@@ -365,9 +365,20 @@ class ModelParams(_Strict):
 
 
 class DistillParams(_Strict):
+    """Knowledge distillation: the student also matches a teacher's softened outputs. An
+    ensemble of seeds hears real voices better than any member, and does not fit the device;
+    ``ensemble`` trains that many teachers in the stage and distils their mean logits."""
+
     teacher: Path | None  # a trained model folder (spec.json + model.safetensors), or null
+    ensemble: Annotated[int, Field(ge=0, le=8)]  # teachers trained here (seeds seed..seed+n-1)
     alpha: Annotated[float, Field(ge=0, le=1)]
     temperature: Annotated[float, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> DistillParams:
+        if self.teacher is not None and self.ensemble > 0:
+            raise ValueError("train.distill: set teacher or ensemble, not both")
+        return self
 
 
 class BoostParams(_Strict):

@@ -4,8 +4,9 @@ AdamW with warm-up and cosine decay, label smoothing, a balanced sampler (each l
 equally likely, so rare hard negatives are seen as often as common speech) or class
 weights, SpecAugment, an EMA of the weights (validated and saved), gradient clipping,
 early stopping on a validation figure that tracks deployment, optional distillation from
-a teacher, AMP and channels-last on CUDA. A checkpoint after every epoch lets a killed run
-resume where it stopped and finish with the same weights as an unbroken run.
+a teacher or from an ensemble of seeds trained first, AMP and channels-last on CUDA. A
+checkpoint after every epoch lets a killed run resume where it stopped and finish with the
+same weights as an unbroken run.
 """
 
 from __future__ import annotations
@@ -118,7 +119,13 @@ def _fingerprint(params: Params, folder: Path) -> str:
 
 
 class Trainer:
-    def __init__(self, params: Params, layout: Layout) -> None:
+    def __init__(
+        self,
+        params: Params,
+        layout: Layout,
+        state_dir: Path | None = None,
+        teachers: list[nn.Module] | None = None,
+    ) -> None:
         self.p = params
         self.tp = params.train
         self.layout = layout
@@ -173,11 +180,13 @@ class Trainer:
         self.class_w = torch.tensor(
             freq.sum() / np.maximum(freq, 1) / len(freq), dtype=torch.float32
         )
-        self.teacher: nn.Module | None = None
+        self.teachers: list[nn.Module] = list(teachers or [])
         if self.tp.distill.teacher is not None:
-            self.teacher, _ = load_model(layout.root / self.tp.distill.teacher)
-            self.teacher.to(self.device)
-        self.state_dir = layout.train_state
+            self.teachers.append(load_model(layout.root / self.tp.distill.teacher)[0])
+        for teacher in self.teachers:
+            teacher.to(self.device).eval()
+            teacher.requires_grad_(False)
+        self.state_dir = layout.train_state if state_dir is None else state_dir
         self.fingerprint = _fingerprint(params, self.feat_dir)
         self.history = History()
 
@@ -233,9 +242,9 @@ class Trainer:
     def _loss(self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         weight = self.class_w.to(self.device) if self.tp.sampler == "class_weights" else None
         loss = F.cross_entropy(out, y, weight=weight, label_smoothing=self.tp.label_smoothing)
-        if self.teacher is not None:
-            with torch.no_grad():
-                t_out = self.teacher(x)
+        if self.teachers:
+            with torch.no_grad():  # an ensemble's mean logits
+                t_out = torch.stack([t(x).float() for t in self.teachers]).mean(0)
             tau, alpha = self.tp.distill.temperature, self.tp.distill.alpha
             kd = (
                 F.kl_div(
@@ -463,11 +472,58 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def teacher_params(params: Params, seed: int) -> Params:
+    """The params of one ensemble teacher: the student's recipe with another seed and no
+    distillation of its own."""
+    distill = params.train.distill.model_copy(update={"ensemble": 0, "teacher": None})
+    train = params.train.model_copy(update={"seed": seed, "distill": distill})
+    return params.model_copy(update={"train": train})
+
+
+def _prefixed(on_epoch: EpochHook | None, prefix: str) -> EpochHook | None:
+    """A teacher's epochs reach the caller's hook under their own metric names."""
+    if on_epoch is None:
+        return None
+    hook = on_epoch
+
+    def prefixed(row: dict[str, float], epoch: int) -> None:
+        hook({prefix + k: v for k, v in row.items()}, epoch)
+
+    return prefixed
+
+
+def train_teachers(
+    params: Params, layout: Layout, on_epoch: EpochHook | None = None
+) -> list[nn.Module]:
+    """Train ``train.distill.ensemble`` teachers, seeds seed..seed+n-1, each resumable in its
+    own checkpoint folder (one per seed: a student of the next seed reuses the overlap)."""
+    n = params.train.distill.ensemble
+    first = params.seed if params.train.seed is None else params.train.seed
+    teachers: list[nn.Module] = []
+    for i in range(n):
+        seed = first + i
+        log.info("train: teacher %d of %d (seed %d)", i + 1, n, seed)
+        trainer = Trainer(
+            teacher_params(params, seed), layout, state_dir=layout.train_state / f"teacher-{seed}"
+        )
+        history = trainer.fit(_prefixed(on_epoch, f"teacher{i + 1}_"))
+        model = trainer.eval_model().cpu()
+        model.load_state_dict(load_file(str(trainer.state_dir / "best.safetensors")))
+        log.info(
+            "train: teacher %d: best epoch %d, val loss %.4f",
+            i + 1,
+            history.best_epoch + 1,
+            history.rows[history.best_epoch]["val_loss"],
+        )
+        teachers.append(model)
+    return teachers
+
+
 def run_train(
     params: Params, layout: Layout, on_epoch: EpochHook | None = None
 ) -> dict[str, float]:
     """The train stage: ``data/model`` (EMA weights of the best epoch + spec + curves)."""
-    trainer = Trainer(params, layout)
+    trainer = Trainer(params, layout, teachers=train_teachers(params, layout, on_epoch))
     log.info(
         "train: %s, %d parameters, %.2f M MACs per inference, %d train rows, device %s",
         params.model.arch,
@@ -503,6 +559,7 @@ def run_train(
         "epochs_run": history.epoch,
         "param_count": trainer.n_params,
         "macs": trainer.macs,
+        "teachers": len(trainer.teachers),
         **{k: round(float(v), 5) for k, v in best_row.items() if k.startswith("val_")},
     }
     write_json(layout.metrics / "train.json", summary)

@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pipeline_lib.base.errors import ParamsError
 from pipeline_lib.base.layout import Layout
 from pipeline_lib.base.params import parse_params
 from pipeline_lib.detect.checkpoint import load_model
@@ -89,6 +90,44 @@ def test_train_seed_retrains_the_same_corpus_and_null_is_the_project_seed(
     a, b, c = weights["null"], weights["same"], weights["other"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ensemble_distillation_trains_its_teachers_as_plain_seeds(
+    tmp_path: Path, raw_params: dict[str, Any]
+) -> None:
+    """``train.distill.ensemble`` n trains n teachers first, each exactly the plain model of
+    its seed (seed..seed+n-1), in its own checkpoint folder; the student learns from their
+    mean and ends elsewhere than the plain model of its own seed."""
+    plain = {}
+    for seed in (5, 6):
+        layout = Layout(tmp_path / f"plain{seed}")
+        write_store(layout, 64, 16)
+        raw = tiny_train(raw_params, 1)
+        raw["train"]["seed"] = seed
+        run_train(parse_params(raw), layout)
+        plain[seed] = load_file(str(layout.model / "model.safetensors"))
+
+    layout = Layout(tmp_path / "student")
+    write_store(layout, 64, 16)
+    raw = tiny_train(raw_params, 1)
+    raw["train"]["seed"] = 5
+    raw["train"]["distill"] |= {"ensemble": 2, "alpha": 0.9, "temperature": 2.0}
+    seen: list[str] = []
+    summary = run_train(parse_params(raw), layout, on_epoch=lambda row, _: seen.extend(row))
+    assert summary["teachers"] == 2
+    for seed in (5, 6):
+        teacher = load_file(str(layout.train_state / f"teacher-{seed}" / "best.safetensors"))
+        assert all(torch.equal(teacher[k], plain[seed][k]) for k in teacher)
+    student = load_file(str(layout.model / "model.safetensors"))
+    assert not all(torch.equal(student[k], plain[5][k]) for k in student)
+    assert "teacher1_val_loss" in seen and "teacher2_val_loss" in seen and "val_loss" in seen
+
+
+def test_distill_takes_one_kind_of_teacher(raw_params: dict[str, Any]) -> None:
+    raw = tiny_train(raw_params, 1)
+    raw["train"]["distill"] |= {"ensemble": 2, "teacher": "data/model"}
+    with pytest.raises(ParamsError, match=r"train\.distill.: set teacher or ensemble, not both"):
+        parse_params(raw)
 
 
 def _project(root: Path, raw: dict[str, Any]) -> Layout:
