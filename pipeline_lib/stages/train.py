@@ -34,7 +34,7 @@ from pipeline_lib.artifacts.store import Store
 from pipeline_lib.base.atomic import atomic_path, write_csv, write_json
 from pipeline_lib.base.errors import SoundopsError
 from pipeline_lib.base.layout import Layout
-from pipeline_lib.base.params import Params, TrainParams
+from pipeline_lib.base.params import DistillParams, Params, TrainParams
 from pipeline_lib.detect import decision
 from pipeline_lib.detect.checkpoint import ModelSpec, load_model, logits, save_model
 from pipeline_lib.detect.metrics import pauc
@@ -474,8 +474,9 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
 
 def teacher_params(params: Params, seed: int) -> Params:
     """The params of one ensemble teacher: the student's recipe with another seed and no
-    distillation of its own."""
-    distill = params.train.distill.model_copy(update={"ensemble": 0, "teacher": None})
+    distillation of its own. The distillation keys are fixed, not the student's, so that a
+    new temperature or weight retrains the student alone (they are in the fingerprint)."""
+    distill = DistillParams(teacher=None, ensemble=0, alpha=0.0, temperature=1.0)
     train = params.train.model_copy(update={"seed": seed, "distill": distill})
     return params.model_copy(update={"train": train})
 

@@ -122,6 +122,14 @@ def test_ensemble_distillation_trains_its_teachers_as_plain_seeds(
     assert not all(torch.equal(student[k], plain[5][k]) for k in student)
     assert "teacher1_val_loss" in seen and "teacher2_val_loss" in seen and "val_loss" in seen
 
+    # another temperature retrains the student and reuses the finished teachers
+    raw["train"]["distill"]["temperature"] = 4.0
+    seen.clear()
+    run_train(parse_params(raw), layout, on_epoch=lambda row, _: seen.extend(row))
+    assert "teacher1_val_loss" not in seen and "val_loss" in seen
+    again = load_file(str(layout.model / "model.safetensors"))
+    assert not all(torch.equal(again[k], student[k]) for k in again)
+
 
 def test_distill_takes_one_kind_of_teacher(raw_params: dict[str, Any]) -> None:
     raw = tiny_train(raw_params, 1)
