@@ -118,6 +118,11 @@ def _fingerprint(params: Params, folder: Path) -> str:
     return h.hexdigest()
 
 
+def training_seed(params: Params) -> int:
+    """Initial weights and batches: ``train.seed``, or the project's seed when it is null."""
+    return params.seed if params.train.seed is None else params.train.seed
+
+
 class Trainer:
     def __init__(
         self,
@@ -139,7 +144,7 @@ class Trainer:
         _, self.frames, self.bins = self.train.x.shape
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # initial weights and batches; train.seed retrains on the same corpus
-        self.seed = params.seed if self.tp.seed is None else self.tp.seed
+        self.seed = training_seed(params)
         torch.manual_seed(self.seed)
         if self.tp.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -293,6 +298,12 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         module: nn.Module = self.ema.module
         return module
+
+    def best_model(self) -> nn.Module:
+        """The EMA weights of the best epoch, on the CPU (what the stage saves)."""
+        model = self.eval_model().cpu()
+        model.load_state_dict(load_file(str(self.state_dir / "best.safetensors")))
+        return model
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -499,7 +510,7 @@ def train_teachers(
     """Train ``train.distill.ensemble`` teachers, seeds seed..seed+n-1, each resumable in its
     own checkpoint folder (one per seed: a student of the next seed reuses the overlap)."""
     n = params.train.distill.ensemble
-    first = params.seed if params.train.seed is None else params.train.seed
+    first = training_seed(params)
     teachers: list[nn.Module] = []
     for i in range(n):
         seed = first + i
@@ -508,8 +519,7 @@ def train_teachers(
             teacher_params(params, seed), layout, state_dir=layout.train_state / f"teacher-{seed}"
         )
         history = trainer.fit(_prefixed(on_epoch, f"teacher{i + 1}_"))
-        model = trainer.eval_model().cpu()
-        model.load_state_dict(load_file(str(trainer.state_dir / "best.safetensors")))
+        model = trainer.best_model()
         log.info(
             "train: teacher %d: best epoch %d, val loss %.4f",
             i + 1,
@@ -534,9 +544,7 @@ def run_train(
         trainer.device,
     )
     history = trainer.fit(on_epoch)
-    best = load_file(str(trainer.state_dir / "best.safetensors"))
-    model = trainer.eval_model().cpu()
-    model.load_state_dict(best)
+    model = trainer.best_model()
     curves = layout.metrics / "train_curves.csv"
     frame = pd.DataFrame(history.rows)
     # one column order whether the run was resumed or not (a resumed history is read back
